@@ -1,0 +1,225 @@
+//! Frame sources: an image directory, a glob, a single image, or an MJPEG
+//! stream from a file or stdin. A frame that fails to decode becomes a
+//! `Corrupt` item that the pipeline counts and skips; only a source that cannot
+//! be opened at all is an error.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use image::RgbImage;
+
+use crate::mjpeg::JpegFrames;
+
+/// File extensions read from image directories and globs.
+pub const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+/// File extensions read as MJPEG streams.
+pub const STREAM_EXTENSIONS: [&str; 2] = ["mjpeg", "mjpg"];
+
+/// Where frames come from, as written in a config file or on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// A directory of images, a single image, or an `.mjpeg` file.
+    Path(PathBuf),
+    /// A glob pattern over image files, e.g. `shots/*.jpg`.
+    Glob(String),
+    /// An MJPEG stream from a file (`mjpeg:PATH`) or stdin (`-` or `mjpeg:-`).
+    Mjpeg(Option<PathBuf>),
+}
+
+impl SourceSpec {
+    /// Parses a source spec. Existence is checked when the source is opened.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let spec = spec.trim();
+        if spec.is_empty() {
+            bail!("empty source; give a directory, an image, a glob, an .mjpeg file, mjpeg:PATH or - for stdin");
+        }
+        if spec == "-" || spec == "mjpeg:-" {
+            return Ok(SourceSpec::Mjpeg(None));
+        }
+        if let Some(path) = spec.strip_prefix("mjpeg:") {
+            return Ok(SourceSpec::Mjpeg(Some(path.into())));
+        }
+        if spec.contains(['*', '?', '[']) {
+            glob::Pattern::new(spec).with_context(|| format!("source {spec:?} is not a valid glob pattern"))?;
+            return Ok(SourceSpec::Glob(spec.into()));
+        }
+        Ok(SourceSpec::Path(spec.into()))
+    }
+}
+
+/// A decoded frame.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// Running number within its source, from 0, counting corrupt frames too.
+    pub index: u64,
+    /// File name, or `stream#N` for stream frames.
+    pub name: String,
+    /// The pixels.
+    pub image: RgbImage,
+}
+
+/// One item of a source.
+#[derive(Debug)]
+pub enum Item {
+    /// A decoded frame.
+    Frame(Frame),
+    /// A frame that could not be read or decoded; counted and skipped.
+    Corrupt {
+        /// Running number, as for frames.
+        index: u64,
+        /// File name or stream position.
+        name: String,
+        /// What was wrong.
+        error: String,
+    },
+}
+
+/// An open source: an iterator of frames and corrupt-frame reports.
+pub struct Source {
+    items: Box<dyn Iterator<Item = Item> + Send>,
+}
+
+impl Iterator for Source {
+    type Item = Item;
+
+    fn next(&mut self) -> Option<Item> {
+        self.items.next()
+    }
+}
+
+fn has_extension(path: &Path, extensions: &[&str]) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+fn decode(index: u64, name: String, bytes: Result<Vec<u8>, String>) -> Item {
+    match bytes.and_then(|b| image::load_from_memory(&b).map_err(|e| e.to_string())) {
+        Ok(img) => Item::Frame(Frame {
+            index,
+            name,
+            image: img.to_rgb8(),
+        }),
+        Err(error) => Item::Corrupt { index, name, error },
+    }
+}
+
+fn files(paths: Vec<PathBuf>) -> Source {
+    let items = paths.into_iter().zip(0u64..).map(|(path, index)| {
+        let name = path.display().to_string();
+        decode(index, name, std::fs::read(&path).map_err(|e| e.to_string()))
+    });
+    Source { items: Box::new(items) }
+}
+
+fn stream(reader: impl Read + Send + 'static) -> Source {
+    let items = JpegFrames::new(BufReader::new(reader))
+        .zip(0u64..)
+        .map(|(bytes, index)| decode(index, format!("stream#{index}"), bytes.map_err(|e| e.to_string())));
+    Source { items: Box::new(items) }
+}
+
+impl Source {
+    /// Opens a source. A missing path, an empty directory or a glob without
+    /// matches is an error that says what to fix.
+    pub fn open(spec: &SourceSpec) -> Result<Self> {
+        match spec {
+            SourceSpec::Mjpeg(None) => Ok(stream(std::io::stdin())),
+            SourceSpec::Mjpeg(Some(path)) => {
+                Ok(stream(File::open(path).with_context(|| {
+                    format!("cannot open MJPEG stream {}", path.display())
+                })?))
+            }
+            SourceSpec::Glob(pattern) => {
+                let mut paths: Vec<PathBuf> = glob::glob(pattern)?
+                    .filter_map(|p| p.ok())
+                    .filter(|p| p.is_file())
+                    .collect();
+                paths.sort();
+                if paths.is_empty() {
+                    bail!("source {pattern:?}: the pattern matches no file");
+                }
+                Ok(files(paths))
+            }
+            SourceSpec::Path(path) => {
+                let meta = std::fs::metadata(path)
+                    .with_context(|| format!("source {}: no such file or directory", path.display()))?;
+                if meta.is_dir() {
+                    let mut paths: Vec<PathBuf> = std::fs::read_dir(path)
+                        .with_context(|| format!("cannot list source directory {}", path.display()))?
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.is_file() && has_extension(p, &IMAGE_EXTENSIONS))
+                        .collect();
+                    paths.sort();
+                    if paths.is_empty() {
+                        bail!(
+                            "source directory {} holds no images ({})",
+                            path.display(),
+                            IMAGE_EXTENSIONS.join(", ")
+                        );
+                    }
+                    Ok(files(paths))
+                } else if has_extension(path, &STREAM_EXTENSIONS) {
+                    Ok(stream(
+                        File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+                    ))
+                } else {
+                    Ok(files(vec![path.clone()]))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse() {
+        assert_eq!(SourceSpec::parse("-").unwrap(), SourceSpec::Mjpeg(None));
+        assert_eq!(
+            SourceSpec::parse("mjpeg:/tmp/a.mjpeg").unwrap(),
+            SourceSpec::Mjpeg(Some("/tmp/a.mjpeg".into()))
+        );
+        assert_eq!(
+            SourceSpec::parse("x/*.jpg").unwrap(),
+            SourceSpec::Glob("x/*.jpg".into())
+        );
+        assert_eq!(
+            SourceSpec::parse("samples").unwrap(),
+            SourceSpec::Path("samples".into())
+        );
+        assert!(SourceSpec::parse("  ").is_err());
+        assert!(SourceSpec::parse("x/[.jpg").is_err());
+    }
+
+    #[test]
+    fn directory_frames_are_decoded_and_corrupt_files_reported() {
+        let dir = std::env::temp_dir().join(format!("normgate-source-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        image::RgbImage::from_pixel(4, 3, image::Rgb([1, 2, 3]))
+            .save(dir.join("a.png"))
+            .unwrap();
+        std::fs::write(dir.join("b.jpg"), b"not a jpeg").unwrap();
+        std::fs::write(dir.join("notes.txt"), b"ignored").unwrap();
+        let items: Vec<Item> = Source::open(&SourceSpec::Path(dir.clone())).unwrap().collect();
+        assert_eq!(items.len(), 2);
+        assert!(matches!(&items[0], Item::Frame(f) if f.image.dimensions() == (4, 3) && f.index == 0));
+        assert!(matches!(&items[1], Item::Corrupt { index: 1, .. }));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unusable_sources_are_errors_that_say_why() {
+        let dir = std::env::temp_dir().join(format!("normgate-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let err = |spec: SourceSpec| format!("{:#}", Source::open(&spec).err().unwrap());
+        assert!(err(SourceSpec::Path(dir.clone())).contains("holds no images"));
+        assert!(err(SourceSpec::Path(dir.join("missing"))).contains("no such file"));
+        assert!(err(SourceSpec::Glob(format!("{}/*.jpg", dir.display()))).contains("matches no file"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
