@@ -25,4 +25,5 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$runner"
 # Integration tests start the device binary themselves; without binfmt_misc
 # they must go through qemu too.
 export NORMGATE_TEST_RUNNER="$runner"
-exec cargo test --workspace --target "$target" "$@"
+# normgate-train is a host tool that never runs on the device.
+exec cargo test --workspace --exclude normgate-train --target "$target" "$@"

@@ -1,0 +1,319 @@
+//! 2-D convolution for candle's CPU backend as custom ops, with a backward
+//! that is one matrix multiply per image for each gradient:
+//!
+//! - forward: `Y_b = W · im2col(X_b)`;
+//! - weight gradient: `dW = Σ_b dY_b · im2col(X_b)ᵀ`;
+//! - input gradient: `dX_b = col2im(Wᵀ · dY_b)`, skipped when the input
+//!   needs none (the network's input image).
+//!
+//! candle's built-in CPU backward runs the input gradient through a naive
+//! transposed convolution and the weight gradient as a convolution with a
+//! feature-map-sized kernel; this op replaces both, with one `im2col` per
+//! image serving both gradients. Images of a batch are spread over rayon's
+//! threads (`RAYON_NUM_THREADS`), and the column matrices live in per-thread
+//! buffers that are reused across layers and steps.
+
+use std::cell::RefCell;
+
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu::{contiguous, with_slice};
+use crate::gemm::{matmul, Operand};
+use crate::im2col::{col2im, im2col, ConvGeometry};
+
+/// Stride and zero padding of a convolution (the same in both directions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvParams {
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub pad: usize,
+}
+
+/// `conv2d(x [B, Cin, H, W], w [Cout, Cin, kh, kw])` with the fast backward.
+pub fn conv2d(x: &Tensor, w: &Tensor, params: ConvParams) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, Conv2d { params })
+}
+
+thread_local! {
+    /// Two column matrices of the image in hand (im2col of the input, and the
+    /// input gradient before col2im); they grow to the largest layer and stay.
+    static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_columns<R>(len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    COLUMNS.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < 2 * len {
+            buf.resize(2 * len, 0.0);
+        }
+        let (a, b) = buf[..2 * len].split_at_mut(len);
+        f(a, b)
+    })
+}
+
+fn geometry(x: (usize, usize, usize, usize), w: (usize, usize, usize, usize), p: ConvParams) -> Result<ConvGeometry> {
+    let (_, c_in, h, width) = x;
+    let (c_out, w_in, kh, kw) = w;
+    if c_in != w_in {
+        bail!("conv2d: input has {c_in} channels, kernel expects {w_in}");
+    }
+    if p.stride == 0 || h + 2 * p.pad < kh || width + 2 * p.pad < kw {
+        bail!(
+            "conv2d: kernel {kh}x{kw} does not fit {h}x{width} with padding {}",
+            p.pad
+        );
+    }
+    Ok(ConvGeometry {
+        c_in,
+        h,
+        w: width,
+        c_out,
+        kh,
+        kw,
+        stride: p.stride,
+        pad: p.pad,
+    })
+}
+
+/// Runs `per_image(image index, output chunk)` over a batch: images in parallel
+/// when there are several, otherwise the matrix multiply itself in parallel.
+fn for_each_image(out: &mut [f32], chunk: usize, per_image: impl Fn(usize, &mut [f32], usize) + Sync) {
+    let threads = rayon::current_num_threads();
+    if out.len() / chunk.max(1) >= 2 && threads > 1 {
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(b, o)| per_image(b, o, 1));
+    } else {
+        out.chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(b, o)| per_image(b, o, threads));
+    }
+}
+
+/// The convolution op; its backward computes both gradients in one pass ([`backward`]).
+struct Conv2d {
+    params: ConvParams,
+}
+
+impl CustomOp2 for Conv2d {
+    fn name(&self) -> &'static str {
+        "normgate-conv2d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = geometry(l1.shape().dims4()?, l2.shape().dims4()?, self.params)?;
+        let (x, w) = (
+            contiguous(s1, l1, "conv2d input")?,
+            contiguous(s2, l2, "conv2d kernel")?,
+        );
+        let batch = l1.shape().dims4()?.0;
+        let mut out = vec![0.0f32; batch * g.out_len()];
+        for_each_image(&mut out, g.out_len(), |b, y, threads| {
+            with_columns(g.k() * g.out_pixels(), |cols, _| {
+                im2col(&g, &x[b * g.in_len()..][..g.in_len()], cols);
+                let (kernel, columns) = (
+                    Operand::plain(w, g.c_out, g.k()),
+                    Operand::plain(cols, g.k(), g.out_pixels()),
+                );
+                matmul(kernel, columns, y, false, threads);
+            })
+        });
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((batch, g.c_out, g.h_out(), g.w_out())),
+        ))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let g = geometry(x.dims4()?, w.dims4()?, self.params)?;
+        let batch = x.dims4()?.0;
+        let need_dx = x.track_op();
+        let (dx, dw) = with_slice(x, "conv2d input", |xs| {
+            with_slice(w, "conv2d kernel", |ws| {
+                with_slice(&grad, "conv2d output gradient", |gs| {
+                    Ok(backward(&g, batch, xs, ws, gs, need_dx))
+                })
+            })
+        })?;
+        let dx = match dx {
+            Some(dx) => Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            None => None,
+        };
+        Ok((dx, Some(Tensor::from_vec(dw, w.shape(), w.device())?)))
+    }
+}
+
+/// Both gradients of a batch: each thread takes a contiguous run of images,
+/// writes their input gradients and sums their weight gradients; the
+/// per-thread sums are added at the end.
+fn backward(
+    g: &ConvGeometry,
+    batch: usize,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    need_dx: bool,
+) -> (Option<Vec<f32>>, Vec<f32>) {
+    let threads = rayon::current_num_threads().min(batch).max(1);
+    let per_thread = batch.div_ceil(threads);
+    // One thread: let the matrix multiplies use every core instead.
+    let gemm_threads = if threads == 1 { rayon::current_num_threads() } else { 1 };
+    let mut dx = if need_dx {
+        vec![0.0f32; batch * g.in_len()]
+    } else {
+        Vec::new()
+    };
+    let chunk = if need_dx { per_thread * g.in_len() } else { 1 };
+    let mut dx_chunks: Vec<&mut [f32]> = dx.chunks_mut(chunk).collect();
+    dx_chunks.resize_with(threads, Default::default);
+    let partials: Vec<Vec<f32>> = dx_chunks
+        .into_par_iter()
+        .enumerate()
+        .map(|(t, dx_run)| {
+            let mut dw = vec![0.0f32; g.c_out * g.k()];
+            with_columns(g.k() * g.out_pixels(), |cols, dcols| {
+                for (i, b) in (t * per_thread..((t + 1) * per_thread).min(batch)).enumerate() {
+                    im2col(g, &x[b * g.in_len()..][..g.in_len()], cols);
+                    let dy_b = Operand::plain(&dy[b * g.out_len()..][..g.out_len()], g.c_out, g.out_pixels());
+                    let cols_t = Operand::transposed(cols, g.out_pixels(), g.k());
+                    matmul(dy_b, cols_t, &mut dw, i > 0, gemm_threads);
+                    if need_dx {
+                        matmul(Operand::transposed(w, g.k(), g.c_out), dy_b, dcols, false, gemm_threads);
+                        col2im(g, dcols, &mut dx_run[i * g.in_len()..][..g.in_len()]);
+                    }
+                }
+            });
+            dw
+        })
+        .collect();
+    let dw = partials
+        .into_iter()
+        .reduce(|mut acc, p| {
+            acc.iter_mut().zip(&p).for_each(|(a, v)| *a += v);
+            acc
+        })
+        .unwrap_or_else(|| vec![0.0; g.c_out * g.k()]);
+    (need_dx.then_some(dx), dw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{max_abs, max_abs_diff};
+    use candle_core::{Device, Var};
+
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let mut s = seed;
+        let values: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    }
+
+    /// max |a - b| / max |b|.
+    fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
+        max_abs_diff(a, b) / max_abs(b).max(1e-12)
+    }
+
+    /// Output and both gradients of `sum(conv(x, w) * r)`, by this op or candle's.
+    fn run(x: &Tensor, w: &Tensor, r: &Tensor, p: ConvParams, custom: bool) -> (Tensor, Tensor, Tensor) {
+        let (xv, wv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap());
+        let y = if custom {
+            conv2d(xv.as_tensor(), wv.as_tensor(), p).unwrap()
+        } else {
+            xv.as_tensor().conv2d(wv.as_tensor(), p.pad, p.stride, 1, 1).unwrap()
+        };
+        let grads = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+        (
+            y,
+            grads.get(xv.as_tensor()).unwrap().clone(),
+            grads.get(wv.as_tensor()).unwrap().clone(),
+        )
+    }
+
+    #[test]
+    fn output_and_gradients_equal_candles_own_convolution() {
+        // (batch, c_in, h, w, c_out, k, stride, pad): stride 1 and 2, padding, odd sizes, batch 1 and 64.
+        let cases = [
+            (1, 3, 112, 96, 8, 3, 2, 1),
+            (64, 8, 14, 12, 16, 3, 1, 1),
+            (64, 4, 9, 7, 5, 3, 2, 1),
+            (2, 3, 11, 13, 4, 3, 1, 0),
+            (3, 2, 8, 8, 3, 1, 1, 0),
+            (1, 5, 7, 9, 6, 3, 2, 2),
+        ];
+        for (i, &(b, c_in, h, w, c_out, k, stride, pad)) in cases.iter().enumerate() {
+            let x = random(&[b, c_in, h, w], i as u64);
+            let wt = random(&[c_out, c_in, k, k], 100 + i as u64);
+            let p = ConvParams { stride, pad };
+            let probe_shape = x.conv2d(&wt, pad, stride, 1, 1).unwrap().dims().to_vec();
+            let r = random(&probe_shape, 200 + i as u64);
+            let (y1, gx1, gw1) = run(&x, &wt, &r, p, true);
+            let (y0, gx0, gw0) = run(&x, &wt, &r, p, false);
+            for (what, a, e) in [
+                ("output", &y1, &y0),
+                ("input grad", &gx1, &gx0),
+                ("weight grad", &gw1, &gw0),
+            ] {
+                let err = relative_error(a, e);
+                assert!(err < 1e-5, "case {i} {what}: relative error {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        // The loss is linear in x and in w, so central differences are exact up to rounding.
+        let (x, w, r) = (
+            random(&[1, 2, 5, 4], 1),
+            random(&[3, 2, 3, 3], 2),
+            random(&[1, 3, 3, 2], 3),
+        );
+        let p = ConvParams { stride: 2, pad: 1 };
+        let (_, gx, gw) = run(&x, &w, &r, p, true);
+        let loss = |x: &Tensor, w: &Tensor| -> f64 {
+            let y = conv2d(x, w, p).unwrap();
+            f64::from((&y * &r).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())
+        };
+        let eps = 1e-2;
+        for (t, g, is_x) in [(&x, &gx, true), (&w, &gw, false)] {
+            let base = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let analytic = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for i in 0..base.len() {
+                let shifted = |d: f32| {
+                    let mut v = base.clone();
+                    v[i] += d;
+                    Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap()
+                };
+                let (plus, minus) = (shifted(eps), shifted(-eps));
+                let numeric = if is_x {
+                    (loss(&plus, &w) - loss(&minus, &w)) / (2.0 * f64::from(eps))
+                } else {
+                    (loss(&x, &plus) - loss(&x, &minus)) / (2.0 * f64::from(eps))
+                };
+                assert!(
+                    (numeric - f64::from(analytic[i])).abs() < 1e-3,
+                    "{i}: {numeric} vs {}",
+                    analytic[i]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn mismatched_channels_are_an_error() {
+        let err = conv2d(
+            &random(&[1, 3, 5, 5], 1),
+            &random(&[2, 4, 3, 3], 2),
+            ConvParams { stride: 1, pad: 1 },
+        );
+        assert!(err.unwrap_err().to_string().contains("channels"));
+    }
+}

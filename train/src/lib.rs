@@ -1,0 +1,21 @@
+//! Host tools of normgate: training the project's own models on a CPU,
+//! exporting and quantizing them, and curating face data sets. Never a
+//! dependency of the device binary.
+
+/// Training allocates tensors of many megabytes every step; mimalloc keeps
+/// their pages mapped between steps, where the system allocator hands them
+/// back and pays page faults to get them again (about 55,000 per step of the
+/// shipped backbone at batch 64).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+pub mod activation;
+pub mod backbone;
+pub mod bench;
+pub mod conv;
+pub mod cpu;
+pub mod gemm;
+pub mod im2col;
+#[cfg(test)]
+mod testing;
+pub mod vars;
