@@ -1,9 +1,5 @@
 //! `normgate`: the edge face-quality gate a camera device runs.
 
-mod config;
-mod mjpeg;
-mod source;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,8 +8,8 @@ use clap::{Parser, Subcommand};
 use log::{info, warn};
 use serde::Serialize;
 
-use config::Config;
-use source::{Item, Source, SourceSpec};
+use normgate::config::{self, Config};
+use normgate::source::{Item, Source, SourceSpec};
 
 /// Edge face-quality gate: uploads only the face crops whose feature norm says they are worth it.
 #[derive(Parser, Debug)]

@@ -1,0 +1,221 @@
+//! The sidecar card of a model: what its input must look like and how to read
+//! its output. It sits next to the `.onnx` file (`model.onnx` -> `model.toml`),
+//! and a model without a valid card is refused at start.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use normgate_core::align::{Template, ARCFACE_112X112, SPHEREFACE_112X96};
+use serde::{Deserialize, Serialize};
+
+/// Colour order of the input tensor's channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelOrder {
+    /// Red, green, blue.
+    Rgb,
+    /// Blue, green, red (Caffe and OpenCV models).
+    Bgr,
+}
+
+/// A card: the shared input description and one section for the model's kind.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelCard {
+    /// Name of the input tensor.
+    pub input: String,
+    /// Input width in pixels.
+    pub width: u32,
+    /// Input height in pixels.
+    pub height: u32,
+    /// Fixed batch size of the graph, or 0 when the batch dimension is free.
+    pub batch: usize,
+    /// Channel order.
+    pub channels: ChannelOrder,
+    /// Per-channel mean subtracted from 0..255 pixel values (in `channels` order).
+    pub mean: [f32; 3],
+    /// Per-channel divisor applied after the mean.
+    pub std: [f32; 3],
+    /// Present for face embedders.
+    pub embedder: Option<EmbedderCard>,
+    /// Present for face detectors.
+    pub detector: Option<DetectorCard>,
+}
+
+/// How to read an embedder.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedderCard {
+    /// Name of the un-normalised feature output.
+    pub output: String,
+    /// The alignment template crops must be warped to: `sphereface_112x96` or `arcface_112x112`.
+    pub template: String,
+    /// The norm threshold the model's evaluation recommends for the gate, if any.
+    pub recommended_threshold: Option<f32>,
+}
+
+/// How to read a detector.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorCard {
+    /// Output layout; `retinaface` (anchor priors, loc/conf/landmark regressions).
+    pub layout: String,
+    /// Box regression output `[1, anchors, 4]`.
+    pub loc: String,
+    /// Softmaxed class scores `[1, anchors, 2]`, index 1 = face.
+    pub scores: String,
+    /// Landmark regression output `[1, anchors, 10]`.
+    pub landmarks: String,
+    /// Feature-map strides, in anchor order.
+    pub strides: Vec<u32>,
+    /// Anchor sizes (pixels) per stride.
+    pub anchor_sizes: Vec<Vec<f32>>,
+    /// Regression variances (centre, size).
+    pub variance: [f32; 2],
+}
+
+impl ModelCard {
+    /// The card path of a model: the same path with the extension `toml`.
+    pub fn path_for(model: &Path) -> PathBuf {
+        model.with_extension("toml")
+    }
+
+    /// Reads and checks a card.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read model card {} (every model needs its card next to it)",
+                path.display()
+            )
+        })?;
+        let card: Self =
+            toml::from_str(&text).with_context(|| format!("model card {} is not valid", path.display()))?;
+        card.validate()
+            .with_context(|| format!("model card {}", path.display()))?;
+        Ok(card)
+    }
+
+    /// Checks values that the format cannot.
+    pub fn validate(&self) -> Result<()> {
+        if self.width == 0 || self.height == 0 {
+            bail!("width and height must be at least 1");
+        }
+        if self.std.iter().any(|s| *s == 0.0 || !s.is_finite()) || self.mean.iter().any(|m| !m.is_finite()) {
+            bail!("mean must be finite and std finite and non-zero");
+        }
+        match (&self.embedder, &self.detector) {
+            (Some(e), None) => {
+                let t = self.template_named(&e.template)?;
+                if (t.width, t.height) != (self.width, self.height) {
+                    bail!(
+                        "template {} is {}x{} but the input is {}x{}",
+                        e.template,
+                        t.width,
+                        t.height,
+                        self.width,
+                        self.height
+                    );
+                }
+            }
+            (None, Some(d)) => {
+                if d.layout != "retinaface" {
+                    bail!(
+                        "detector layout {:?} is not supported (supported: retinaface)",
+                        d.layout
+                    );
+                }
+                if d.strides.is_empty() || d.strides.len() != d.anchor_sizes.len() || d.strides.contains(&0) {
+                    bail!("detector needs one list of anchor sizes per non-zero stride");
+                }
+            }
+            _ => bail!("a card needs exactly one of the sections [embedder] and [detector]"),
+        }
+        Ok(())
+    }
+
+    fn template_named(&self, name: &str) -> Result<Template> {
+        match name {
+            "sphereface_112x96" => Ok(SPHEREFACE_112X96),
+            "arcface_112x112" => Ok(ARCFACE_112X112),
+            other => bail!("unknown template {other:?} (known: sphereface_112x96, arcface_112x112)"),
+        }
+    }
+
+    /// The embedder's alignment template.
+    pub fn template(&self) -> Result<Template> {
+        match &self.embedder {
+            Some(e) => self.template_named(&e.template),
+            None => bail!("not an embedder card"),
+        }
+    }
+
+    /// The input tensor (`[1, 3, height, width]`, NCHW) of an RGB image of the card's size.
+    pub fn input_tensor(&self, image: &image::RgbImage) -> Vec<f32> {
+        let (w, h) = (self.width as usize, self.height as usize);
+        let mut out = vec![0.0f32; 3 * w * h];
+        for (x, y, p) in image.enumerate_pixels() {
+            let (x, y) = (x as usize, y as usize);
+            if x >= w || y >= h {
+                continue;
+            }
+            for c in 0..3 {
+                let v = f32::from(match self.channels {
+                    ChannelOrder::Rgb => p[c],
+                    ChannelOrder::Bgr => p[2 - c],
+                });
+                out[c * w * h + y * w + x] = (v - self.mean[c]) / self.std[c];
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EMBEDDER: &str = r#"
+        input = "input0"
+        width = 96
+        height = 112
+        batch = 0
+        channels = "rgb"
+        mean = [127.5, 127.5, 127.5]
+        std = [128.0, 128.0, 128.0]
+        [embedder]
+        output = "fc5"
+        template = "sphereface_112x96"
+    "#;
+
+    #[test]
+    fn an_embedder_card_parses_and_normalises_pixels() {
+        let card: ModelCard = toml::from_str(EMBEDDER).unwrap();
+        card.validate().unwrap();
+        assert_eq!(card.template().unwrap(), SPHEREFACE_112X96);
+        let img = image::RgbImage::from_pixel(96, 112, image::Rgb([255, 127, 0]));
+        let t = card.input_tensor(&img);
+        let plane = 96 * 112;
+        assert_eq!(
+            (t[0], t[plane], t[2 * plane]),
+            (127.5 / 128.0, -0.5 / 128.0, -127.5 / 128.0)
+        );
+    }
+
+    #[test]
+    fn wrong_cards_say_what_is_wrong() {
+        let err = |text: &str| {
+            let card: Result<ModelCard, _> = toml::from_str(text);
+            match card {
+                Ok(c) => format!("{:#}", c.validate().unwrap_err()),
+                Err(e) => e.to_string(),
+            }
+        };
+        assert!(err(&EMBEDDER.replace("sphereface_112x96", "arcface_112x112"))
+            .contains("is 112x112 but the input is 96x112"));
+        assert!(err(&EMBEDDER.replace("sphereface_112x96", "square")).contains("unknown template"));
+        assert!(err(&EMBEDDER.replace("[128.0, 128.0, 128.0]", "[0.0, 1.0, 1.0]")).contains("std"));
+        assert!(err(&EMBEDDER.replace("batch = 0", "batch = 0\ncolour = 1")).contains("colour"));
+        let no_section = EMBEDDER.split("[embedder]").next().unwrap();
+        assert!(err(no_section).contains("exactly one"));
+    }
+}
