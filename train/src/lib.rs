@@ -14,8 +14,15 @@ pub mod backbone;
 pub mod bench;
 pub mod conv;
 pub mod cpu;
+pub mod datasets;
+pub mod degrade;
+pub mod eval;
 pub mod gemm;
+pub mod heads;
 pub mod im2col;
+pub mod prepare;
 #[cfg(test)]
 mod testing;
+pub mod train;
 pub mod vars;
+pub mod verify;

@@ -1,11 +1,15 @@
 //! `normgate-train`: host tools of normgate.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use normgate_train::backbone::BackboneConfig;
 use normgate_train::bench;
+use normgate_train::eval;
+use normgate_train::prepare;
+use normgate_train::train::{TrainConfig, Trainer};
 
 /// Host tools of normgate: training, export, quantization, curation, evaluation.
 #[derive(Parser, Debug)]
@@ -17,10 +21,102 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Detect, align and label the shared face data and cache it with the
+    /// teacher's features (resumes: existing caches are kept unless --force).
+    Prepare(PrepareArgs),
+    /// Train the backbone (concat A-Softmax heads + distillation); resumes
+    /// from the run folder's checkpoint.
+    Train(TrainArgs),
+    /// Measure a model with the evaluation protocols.
+    Eval {
+        #[command(subcommand)]
+        what: EvalCommand,
+    },
     /// Benchmarks (results on stdout, progress on stderr).
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct PrepareArgs {
+    /// The shared data folder (glint24, celeba_wild, lfw).
+    #[arg(long, default_value = "../shared/data")]
+    data: PathBuf,
+    /// Folder of the teacher models.
+    #[arg(long, default_value = "../shared/models")]
+    models: PathBuf,
+    /// Folder of the teacher model cards.
+    #[arg(long, default_value = "train/teachers")]
+    cards: PathBuf,
+    /// Where the caches go.
+    #[arg(long, default_value = "cache")]
+    out: PathBuf,
+    /// Rebuild caches that exist.
+    #[arg(long)]
+    force: bool,
+    /// Seed of the training degradations.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Use at most this many images per data set (a quick check; write to another --out).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    /// Folder of the caches `prepare` wrote.
+    #[arg(long, default_value = "cache")]
+    cache: PathBuf,
+    /// Run folder: checkpoint, config.json, log.jsonl.
+    #[arg(long)]
+    out: PathBuf,
+    /// Optimisation steps.
+    #[arg(long, default_value_t = TrainConfig::default().steps)]
+    steps: u64,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = TrainConfig::default().lr)]
+    lr: f64,
+    /// Weight of the A-Softmax heads (0: distillation only).
+    #[arg(long, default_value_t = TrainConfig::default().head_weight)]
+    head_weight: f64,
+    /// NormSelect before the heads (seed §3).
+    #[arg(long)]
+    norm_select: bool,
+    /// Hard example mining: share of each head's rows kept (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    hem_keep: f32,
+    /// Seed of weights, batches and flips.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum EvalCommand {
+    /// LFW 10-fold verification: mean accuracy, std, ROC AUC.
+    Lfw {
+        /// `teacher`, a training run folder, or an .onnx model.
+        #[arg(long)]
+        model: String,
+        /// The .onnx model's card (default: beside the model).
+        #[arg(long)]
+        card: Option<PathBuf>,
+        /// The shared data folder (for lfw/pairs.txt).
+        #[arg(long, default_value = "../shared/data")]
+        data: PathBuf,
+        /// Folder of the caches `prepare` wrote.
+        #[arg(long, default_value = "cache")]
+        cache: PathBuf,
+        /// Sum each image's feature with its mirror image's.
+        #[arg(long)]
+        flip: bool,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -90,9 +186,101 @@ fn bench_step(batch: usize, rounds: usize, threads: &[usize], json: bool, worker
     Ok(())
 }
 
+fn prepare_data(args: PrepareArgs) -> Result<()> {
+    let PrepareArgs {
+        data,
+        models,
+        cards,
+        out,
+        force,
+        seed,
+        limit,
+        json,
+    } = args;
+    let inputs = prepare::Inputs {
+        data,
+        limit,
+        detector: (
+            models.join("retinaface_mnet025_opset13.onnx"),
+            cards.join("retinaface_mnet025.toml"),
+        ),
+        embedder: (
+            models.join("mobilefacenet_foamliu_fp32.onnx"),
+            cards.join("mobilefacenet.toml"),
+        ),
+    };
+    let start = std::time::Instant::now();
+    let caches = prepare::run(&inputs, &out, force, seed)?;
+    let seconds = start.elapsed().as_secs_f64();
+    if json {
+        println!("{}", serde_json::json!({ "caches": caches, "seconds": seconds }));
+    } else {
+        for c in &caches {
+            let how = if c.reused { "kept" } else { "built" };
+            println!(
+                "{:<10} {how}: {} crops, {} without a detected face, {} unreadable",
+                c.name, c.crops, c.no_face, c.unreadable
+            );
+        }
+        println!("{seconds:.0} s");
+    }
+    Ok(())
+}
+
+fn train(args: TrainArgs) -> Result<()> {
+    let config = TrainConfig {
+        steps: args.steps,
+        lr: args.lr,
+        head_weight: args.head_weight,
+        norm_select: args.norm_select,
+        hem_keep: args.hem_keep,
+        seed: args.seed,
+        ..TrainConfig::default()
+    };
+    let start = std::time::Instant::now();
+    let mut trainer = Trainer::new(config, &args.cache, &args.out)?;
+    let first = trainer.step();
+    trainer.run(&args.out)?;
+    eprintln!(
+        "trained steps {first}..{} in {:.0} s; checkpoint in {}",
+        trainer.step(),
+        start.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match Cli::parse().command {
+        Command::Prepare(args) => prepare_data(args),
+        Command::Train(args) => train(args),
+        Command::Eval {
+            what:
+                EvalCommand::Lfw {
+                    model,
+                    card,
+                    data,
+                    cache,
+                    flip,
+                    json,
+                },
+        } => eval::Model::parse(&model, card)
+            .and_then(|m| eval::lfw(&m, &data, &cache, flip))
+            .and_then(|r| {
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "LFW {} pairs: accuracy {:.2} ± {:.2} %, AUC {:.4}",
+                        r.pairs,
+                        100.0 * r.accuracy,
+                        100.0 * r.std,
+                        r.auc
+                    );
+                }
+                Ok(())
+            }),
         Command::Bench {
             what:
                 BenchCommand::Step {

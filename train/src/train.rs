@@ -1,0 +1,611 @@
+//! `normgate-train train`: the backbone recipe.
+//!
+//! - **Concat training** (seed §1): one backbone, one A-Softmax head per
+//!   labelled data set (Glint24, CelebA); each batch holds a fixed number of
+//!   crops of every source, in source order, and each head sees only its rows.
+//! - **Distillation** from the teacher's un-normalised feature on every crop
+//!   (the unlabelled LFW crops and the degraded crops too):
+//!   `(1 - cos(s, t)) + beta (ln|s| - ln|t|)²` carries both the direction and
+//!   the norm, so the student's norm learns the teacher's response to quality.
+//! - Options: NormSelect before the heads (seed §3, running-average mode) and
+//!   online hard example mining (seed §4, the hardest share of each head's rows).
+//! - SGD with momentum and weight decay, warm-up then cosine decay;
+//!   checkpoints (weights, momentum, step) every `checkpoint_every` steps;
+//!   a run resumes from its checkpoint. Batches are drawn from a generator
+//!   seeded by (seed, step), so a resumed run continues exactly as an
+//!   uninterrupted one would.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor, Var, D};
+use candle_nn::{Init, VarMap};
+use normgate_core::margin::{ASoftmax, LambdaSchedule, Margin};
+use normgate_core::norm::NormSelect;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::backbone::{Backbone, BackboneConfig, ConvImpl};
+use crate::heads::{a_softmax_loss, a_softmax_losses, hardest_rows, norm_select_mask, seed_norm_select};
+use crate::prepare::{Cache, CROP};
+use crate::vars::SeededVars;
+
+/// Everything that defines a run; saved beside its checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Optimisation steps.
+    pub steps: u64,
+    /// Crops per step from (glint24, celeba, lfw_train, degraded).
+    pub per_source: [usize; 4],
+    /// Peak learning rate.
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// L2 weight decay.
+    pub weight_decay: f64,
+    /// Warm-up steps (linear) before the cosine decay.
+    pub warmup: u64,
+    /// Weight of the norm term in the distillation loss.
+    pub beta: f64,
+    /// Weight of the two A-Softmax heads' mean loss (0 trains by distillation alone).
+    pub head_weight: f64,
+    /// The angular margin m.
+    pub margin: u8,
+    /// λ schedule of the heads.
+    pub lambda_base: f32,
+    /// λ decay rate.
+    pub lambda_gamma: f32,
+    /// λ floor.
+    pub lambda_min: f32,
+    /// Apply NormSelect (running average) before the heads.
+    pub norm_select: bool,
+    /// Online hard example mining: share of each head's rows kept (1 = off).
+    pub hem_keep: f32,
+    /// Seed of the initial weights, the batches and the flips.
+    pub seed: u64,
+    /// Steps between checkpoints.
+    pub checkpoint_every: u64,
+    /// The architecture.
+    pub backbone: BackboneSpec,
+}
+
+/// The architecture in the saved config.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BackboneSpec {
+    /// Stem channels.
+    pub stem: usize,
+    /// Stage widths.
+    pub widths: [usize; 3],
+    /// Residual units per stage.
+    pub units: [usize; 3],
+    /// Feature length.
+    pub feature_dim: usize,
+}
+
+impl BackboneSpec {
+    /// The network for 112x96 crops.
+    pub fn config(&self) -> BackboneConfig {
+        BackboneConfig {
+            height: 112,
+            width: 96,
+            stem: self.stem,
+            widths: self.widths,
+            units: self.units,
+            feature_dim: self.feature_dim,
+        }
+    }
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        let s = BackboneConfig::SHIPPED;
+        Self {
+            steps: 6000,
+            per_source: [16, 16, 16, 16],
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            warmup: 200,
+            beta: 1.0,
+            head_weight: 0.5,
+            margin: 4,
+            lambda_base: LambdaSchedule::SPHEREFACE.base,
+            lambda_gamma: LambdaSchedule::SPHEREFACE.gamma,
+            lambda_min: LambdaSchedule::SPHEREFACE.lambda_min,
+            norm_select: false,
+            hem_keep: 1.0,
+            seed: 1,
+            checkpoint_every: 200,
+            backbone: BackboneSpec {
+                stem: s.stem,
+                widths: s.widths,
+                units: s.units,
+                feature_dim: s.feature_dim,
+            },
+        }
+    }
+}
+
+/// The order of the sources in a batch.
+pub const SOURCES: [&str; 4] = ["glint24", "celeba", "lfw_train", "degraded"];
+
+/// Crops of one cache as the student sees them: the 112x96 crop (columns
+/// 8..104 of the 112x112 one), (x - 127.5) / 128, CHW, optionally mirrored.
+pub fn student_input(cache: &Cache, i: usize, flip: bool) -> Vec<f32> {
+    let (h, w, x0) = (CROP, 96, 8);
+    let crop = &cache.crops[i * CROP * CROP * 3..][..CROP * CROP * 3];
+    let mut out = vec![0.0f32; 3 * h * w];
+    for y in 0..h {
+        for x in 0..w {
+            let sx = if flip { CROP - 1 - (x0 + x) } else { x0 + x };
+            for c in 0..3 {
+                out[c * h * w + y * w + x] = (f32::from(crop[(y * CROP + sx) * 3 + c]) - 127.5) / 128.0;
+            }
+        }
+    }
+    out
+}
+
+/// SGD with momentum and decoupled-from-nothing (classic L2) weight decay,
+/// with its velocity kept for checkpoints.
+struct Sgd {
+    vars: Vec<(String, Var)>,
+    velocity: Vec<Tensor>,
+}
+
+impl Sgd {
+    fn new(map: &VarMap) -> Result<Self> {
+        let mut vars: Vec<(String, Var)> = map
+            .data()
+            .lock()
+            .expect("var map")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let velocity = vars
+            .iter()
+            .map(|(_, v)| v.zeros_like())
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self { vars, velocity })
+    }
+
+    fn step(&mut self, grads: &candle_core::backprop::GradStore, lr: f64, momentum: f64, decay: f64) -> Result<()> {
+        for ((_, var), vel) in self.vars.iter().zip(self.velocity.iter_mut()) {
+            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let g = (g + (var.as_tensor() * decay)?)?;
+            *vel = ((&*vel * momentum)? + g)?;
+            var.set(&(var.as_tensor() - (&*vel * lr)?)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// λ at a step.
+fn lambda(config: &TrainConfig, step: u64) -> f32 {
+    LambdaSchedule {
+        base: config.lambda_base,
+        gamma: config.lambda_gamma,
+        power: 1.0,
+        lambda_min: config.lambda_min,
+    }
+    .at(step)
+}
+
+/// Learning rate at a step: linear warm-up, then cosine decay to zero.
+fn learning_rate(config: &TrainConfig, step: u64) -> f64 {
+    if step < config.warmup {
+        return config.lr * (step + 1) as f64 / config.warmup as f64;
+    }
+    let t = (step - config.warmup) as f64 / (config.steps - config.warmup).max(1) as f64;
+    config.lr * 0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
+}
+
+/// One step's losses and statistics, as logged.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepLog {
+    /// Step number (from 0).
+    pub step: u64,
+    /// Total loss.
+    pub loss: f32,
+    /// Mean (1 - cosine) to the teacher.
+    pub direction: f32,
+    /// Mean squared log-norm difference to the teacher.
+    pub norm: f32,
+    /// Mean A-Softmax loss of the heads (0 without heads).
+    pub heads: f32,
+    /// Mean student feature norm.
+    pub student_norm: f32,
+    /// Mean teacher feature norm.
+    pub teacher_norm: f32,
+    /// Learning rate.
+    pub lr: f64,
+    /// Crops per second over the last logged stretch.
+    pub img_per_s: f64,
+}
+
+/// A training run over the prepared caches.
+pub struct Trainer {
+    config: TrainConfig,
+    caches: Vec<Cache>,
+    classes: [usize; 2],
+    net: Backbone,
+    heads: [Tensor; 2],
+    map: VarMap,
+    sgd: Sgd,
+    selects: [NormSelect; 2],
+    step: u64,
+}
+
+impl Trainer {
+    /// Loads the caches and builds the network, from `dir`'s checkpoint if it has one.
+    pub fn new(config: TrainConfig, cache_dir: &Path, dir: &Path) -> Result<Self> {
+        let caches = SOURCES
+            .iter()
+            .map(|s| Cache::load(cache_dir, s))
+            .collect::<Result<Vec<_>>>()?;
+        for (c, n) in caches.iter().zip(SOURCES) {
+            if c.dim != config.backbone.feature_dim {
+                bail!(
+                    "cache {n} holds {}-d teacher features, the backbone makes {}-d ones",
+                    c.dim,
+                    config.backbone.feature_dim
+                );
+            }
+        }
+        let classes = [0, 1].map(|i| caches[i].labels.iter().map(|&l| l as usize + 1).max().unwrap_or(0));
+        let map = VarMap::new();
+        let vb = SeededVars::builder(&map, config.seed, &Device::Cpu);
+        let net = Backbone::new(config.backbone.config(), ConvImpl::Fast, vb.pp("backbone"))?;
+        let init = Init::Randn { mean: 0.0, stdev: 0.1 };
+        let heads = [
+            vb.get_with_hints((classes[0], config.backbone.feature_dim), "head.glint24", init)?,
+            vb.get_with_hints((classes[1], config.backbone.feature_dim), "head.celeba", init)?,
+        ];
+        let sgd = Sgd::new(&map)?;
+        let mut trainer = Self {
+            config,
+            caches,
+            classes,
+            net,
+            heads,
+            map,
+            sgd,
+            selects: [seed_norm_select(), seed_norm_select()],
+            step: 0,
+        };
+        trainer.resume(dir)?;
+        Ok(trainer)
+    }
+
+    /// The next step to run.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// The backbone.
+    pub fn backbone(&self) -> &Backbone {
+        &self.net
+    }
+
+    fn checkpoint_path(dir: &Path) -> PathBuf {
+        dir.join("checkpoint.safetensors")
+    }
+
+    /// Writes weights, velocities and the step atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        for ((name, var), vel) in self.sgd.vars.iter().zip(&self.sgd.velocity) {
+            tensors.insert(name.clone(), var.as_tensor().clone());
+            tensors.insert(format!("velocity.{name}"), vel.clone());
+        }
+        tensors.insert("step".into(), Tensor::new(&[self.step as u32], &Device::Cpu)?);
+        let tmp = dir.join("checkpoint.safetensors.tmp");
+        candle_core::safetensors::save(&tensors, &tmp)?;
+        std::fs::rename(tmp, Self::checkpoint_path(dir))?;
+        std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&self.config)?)?;
+        Ok(())
+    }
+
+    fn resume(&mut self, dir: &Path) -> Result<()> {
+        let path = Self::checkpoint_path(dir);
+        if !path.is_file() {
+            return Ok(());
+        }
+        let saved: TrainConfig = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)
+            .context("the checkpoint's config.json is unreadable")?;
+        if saved != self.config {
+            bail!(
+                "{} was trained with another configuration; use a new --out or the same options",
+                dir.display()
+            );
+        }
+        let t = candle_core::safetensors::load(&path, &Device::Cpu)?;
+        for ((name, var), vel) in self.sgd.vars.iter().zip(self.sgd.velocity.iter_mut()) {
+            let get = |k: &str| t.get(k).with_context(|| format!("checkpoint lacks {k}"));
+            var.set(get(name)?)?;
+            *vel = get(&format!("velocity.{name}"))?.clone();
+        }
+        self.step = u64::from(t.get("step").context("checkpoint lacks step")?.to_vec1::<u32>()?[0]);
+        log::info!("resumed {} at step {}", dir.display(), self.step);
+        Ok(())
+    }
+
+    /// Draws this step's batch: inputs, teacher targets, and the head rows' labels.
+    fn batch(&self) -> Result<(Tensor, Tensor, [Vec<u32>; 2])> {
+        let mut rng = StdRng::seed_from_u64(self.config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.step);
+        let (mut inputs, mut targets) = (Vec::new(), Vec::new());
+        let mut labels = [Vec::new(), Vec::new()];
+        for (s, (cache, &n)) in self.caches.iter().zip(&self.config.per_source).enumerate() {
+            for _ in 0..n {
+                let i = rng.random_range(0..cache.len());
+                let flip = rng.random_bool(0.5);
+                inputs.extend(student_input(cache, i, flip));
+                let t = if flip { &cache.teacher_flip } else { &cache.teacher };
+                targets.extend_from_slice(&t[i * cache.dim..][..cache.dim]);
+                if s < 2 {
+                    labels[s].push(cache.labels[i]);
+                }
+            }
+        }
+        let n: usize = self.config.per_source.iter().sum();
+        let x = Tensor::from_vec(inputs, (n, 3, CROP, 96), &Device::Cpu)?;
+        let t = Tensor::from_vec(targets, (n, self.config.backbone.feature_dim), &Device::Cpu)?;
+        Ok((x, t, labels))
+    }
+
+    /// The loss of one head on its rows, with NormSelect and mining as configured.
+    fn head_loss(&mut self, head: usize, features: &Tensor, labels: &[u32]) -> Result<Option<Tensor>> {
+        let layer = ASoftmax {
+            margin: Margin::new(self.config.margin)?,
+            lambda: lambda(&self.config, self.step),
+        };
+        let mut f = features.clone();
+        let mut labels = labels.to_vec();
+        if self.config.norm_select {
+            let (mask, kept) = norm_select_mask(&f, &mut self.selects[head])?;
+            if kept == 0 {
+                return Ok(None);
+            }
+            f = f.broadcast_mul(&mask)?;
+        }
+        if self.config.hem_keep < 1.0 {
+            let losses = a_softmax_losses(&f, &self.heads[head], &labels, layer)?;
+            let keep = ((labels.len() as f32 * self.config.hem_keep).ceil() as usize).max(1);
+            let rows = hardest_rows(&losses, keep);
+            let index = Tensor::from_vec(
+                rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+                rows.len(),
+                &Device::Cpu,
+            )?;
+            f = f.index_select(&index, 0)?;
+            labels = rows.iter().map(|&r| labels[r]).collect();
+        }
+        Ok(Some(a_softmax_loss(&f, &self.heads[head], &labels, layer)?))
+    }
+
+    /// Runs one step and returns its log line.
+    pub fn train_step(&mut self) -> Result<StepLog> {
+        let (x, t, labels) = self.batch()?;
+        let s = self.net.forward(&x)?;
+        let (s_norm, t_norm) = (
+            s.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?,
+            t.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?,
+        );
+        let cos = ((&s * &t)?.sum_keepdim(D::Minus1)? / (&s_norm * &t_norm)?.clamp(1e-6, f64::MAX)?)?;
+        let direction = (1.0 - cos)?.mean_all()?;
+        let log_ratio = (s_norm.clamp(1e-6, f64::MAX)?.log()? - t_norm.log()?)?;
+        let norm = log_ratio.sqr()?.mean_all()?;
+        let mut loss = (&direction + (&norm * self.config.beta)?)?;
+        let [g, c] = [self.config.per_source[0], self.config.per_source[1]];
+        let mut head_total = 0.0f32;
+        if self.config.head_weight > 0.0 {
+            let slices = [s.narrow(0, 0, g)?, s.narrow(0, g, c)?];
+            let mut losses = Vec::new();
+            for (h, rows) in slices.iter().enumerate() {
+                if let Some(l) = self.head_loss(h, rows, &labels[h])? {
+                    losses.push(l);
+                }
+            }
+            if !losses.is_empty() {
+                let count = losses.len() as f64;
+                let heads = (Tensor::stack(&losses, 0)?.sum_all()? / count)?;
+                head_total = heads.to_scalar::<f32>()?;
+                loss = (loss + (heads * self.config.head_weight)?)?;
+            }
+        }
+        let grads = loss.backward()?;
+        let lr = learning_rate(&self.config, self.step);
+        self.sgd
+            .step(&grads, lr, self.config.momentum, self.config.weight_decay)?;
+        let log = StepLog {
+            step: self.step,
+            loss: loss.to_scalar::<f32>()?,
+            direction: direction.to_scalar::<f32>()?,
+            norm: norm.to_scalar::<f32>()?,
+            heads: head_total,
+            student_norm: s_norm.mean_all()?.to_scalar::<f32>()?,
+            teacher_norm: t_norm.mean_all()?.to_scalar::<f32>()?,
+            lr,
+            img_per_s: 0.0,
+        };
+        self.step += 1;
+        Ok(log)
+    }
+
+    /// Trains to the configured number of steps, logging to `dir/log.jsonl`
+    /// and checkpointing on the way.
+    pub fn run(&mut self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let bar = indicatif::ProgressBar::new(self.config.steps);
+        bar.set_position(self.step);
+        let mut log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("log.jsonl"))?;
+        let mut since = (Instant::now(), self.step);
+        let per_step: usize = self.config.per_source.iter().sum();
+        while self.step < self.config.steps {
+            let mut log = self.train_step()?;
+            if !log.loss.is_finite() {
+                bail!("the loss became {} at step {}; lower --lr", log.loss, log.step);
+            }
+            bar.inc(1);
+            if self.step % 20 == 0 || self.step == self.config.steps {
+                log.img_per_s = ((self.step - since.1) as usize * per_step) as f64 / since.0.elapsed().as_secs_f64();
+                since = (Instant::now(), self.step);
+                use std::io::Write;
+                writeln!(log_file, "{}", serde_json::to_string(&log)?)?;
+                bar.set_message(format!(
+                    "loss {:.3} dir {:.3} norm {:.3} heads {:.2} |s| {:.1} |t| {:.1}",
+                    log.loss, log.direction, log.norm, log.heads, log.student_norm, log.teacher_norm
+                ));
+            }
+            if self.step % self.config.checkpoint_every == 0 || self.step == self.config.steps {
+                self.save(dir)?;
+            }
+        }
+        bar.finish();
+        Ok(())
+    }
+
+    /// The trained variables by name (backbone and heads).
+    pub fn variables(&self) -> &VarMap {
+        &self.map
+    }
+
+    /// Classes of the two heads.
+    pub fn classes(&self) -> [usize; 2] {
+        self.classes
+    }
+}
+
+/// The backbone of a run folder's checkpoint, for evaluation and export.
+pub fn load_backbone(dir: &Path) -> Result<(Backbone, VarMap, TrainConfig)> {
+    let config: TrainConfig = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("config.json"))
+            .with_context(|| format!("{} holds no training run (config.json)", dir.display()))?,
+    )?;
+    let map = VarMap::new();
+    let vb = SeededVars::builder(&map, config.seed, &Device::Cpu);
+    let net = Backbone::new(config.backbone.config(), ConvImpl::Fast, vb.pp("backbone"))?;
+    let saved = candle_core::safetensors::load(Trainer::checkpoint_path(dir), &Device::Cpu)?;
+    for (name, var) in map.data().lock().expect("var map").iter() {
+        var.set(saved.get(name).with_context(|| format!("checkpoint lacks {name}"))?)?;
+    }
+    Ok((net, map, config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny network on synthetic caches.
+    fn tiny_run(cache: &Path) -> TrainConfig {
+        for (s, name) in SOURCES.iter().enumerate() {
+            crate::prepare::synthetic_cache(cache, name, 12, 3, 8, s as u64);
+        }
+        TrainConfig {
+            steps: 6,
+            per_source: [2, 2, 1, 1],
+            warmup: 2,
+            lr: 0.01,
+            checkpoint_every: 1000,
+            hem_keep: 0.5,
+            norm_select: true,
+            backbone: BackboneSpec {
+                stem: 2,
+                widths: [2, 2, 2],
+                units: [1, 0, 0],
+                feature_dim: 8,
+            },
+            ..TrainConfig::default()
+        }
+    }
+
+    fn weights(t: &Trainer) -> Vec<(String, Vec<f32>)> {
+        t.sgd
+            .vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_fixed_seed_repeats_a_run_and_a_resumed_run_continues_exactly() {
+        let root = std::env::temp_dir().join(format!("normgate-train-{}", std::process::id()));
+        let cache = root.join("cache");
+        std::fs::create_dir_all(&cache).unwrap();
+        let config = tiny_run(&cache);
+        let straight = |dir: &Path| {
+            let mut t = Trainer::new(config.clone(), &cache, dir).unwrap();
+            t.run(dir).unwrap();
+            weights(&t)
+        };
+        let a = straight(&root.join("a"));
+        assert_eq!(a, straight(&root.join("b")), "same seed, same weights");
+        let mut first = Trainer::new(config.clone(), &cache, &root.join("c")).unwrap();
+        for _ in 0..3 {
+            first.train_step().unwrap();
+        }
+        first.save(&root.join("c")).unwrap();
+        let mut resumed = Trainer::new(config.clone(), &cache, &root.join("c")).unwrap();
+        assert_eq!(resumed.step(), 3);
+        resumed.run(&root.join("c")).unwrap();
+        assert_eq!(a, weights(&resumed), "resumed run ends where the straight one did");
+        let other = TrainConfig {
+            seed: 2,
+            ..config.clone()
+        };
+        let mut t = Trainer::new(other.clone(), &cache, &root.join("d")).unwrap();
+        t.run(&root.join("d")).unwrap();
+        assert_ne!(a, weights(&t), "another seed, other weights");
+        let err = Trainer::new(TrainConfig { lr: 0.5, ..config }, &cache, &root.join("c"))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("another configuration"), "{err}");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn learning_rate_warms_up_then_decays_to_zero() {
+        let c = TrainConfig {
+            steps: 1000,
+            warmup: 100,
+            lr: 0.1,
+            ..TrainConfig::default()
+        };
+        assert!((learning_rate(&c, 0) - 0.001).abs() < 1e-12);
+        assert!((learning_rate(&c, 99) - 0.1).abs() < 1e-12);
+        assert!((learning_rate(&c, 100) - 0.1).abs() < 1e-12);
+        assert!((learning_rate(&c, 550) - 0.05).abs() < 1e-9);
+        assert!(learning_rate(&c, 1000).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_student_crop_is_the_middle_96_columns_and_flips() {
+        let mut crops = vec![0u8; CROP * CROP * 3];
+        for y in 0..CROP {
+            for x in 0..CROP {
+                crops[(y * CROP + x) * 3] = x as u8;
+            }
+        }
+        let cache = Cache {
+            crops,
+            labels: vec![0],
+            teacher: vec![0.0],
+            teacher_flip: vec![0.0],
+            dim: 1,
+            paths: vec![String::new()],
+        };
+        let plain = student_input(&cache, 0, false);
+        let flipped = student_input(&cache, 0, true);
+        let px = |v: &[f32], x: usize| v[5 * 96 + x] * 128.0 + 127.5;
+        assert_eq!((px(&plain, 0), px(&plain, 95)), (8.0, 103.0));
+        assert_eq!((px(&flipped, 0), px(&flipped, 95)), (103.0, 8.0));
+    }
+}
