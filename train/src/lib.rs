@@ -17,6 +17,7 @@ pub mod cpu;
 pub mod datasets;
 pub mod degrade;
 pub mod eval;
+pub mod export;
 pub mod gemm;
 pub mod heads;
 pub mod im2col;

@@ -27,6 +27,22 @@ enum Command {
     /// Train the backbone (concat A-Softmax heads + distillation); resumes
     /// from the run folder's checkpoint.
     Train(TrainArgs),
+    /// Export a training run's backbone to ONNX (with its card) and check the
+    /// file against the training framework on cached crops.
+    Export {
+        /// The training run folder.
+        #[arg(long)]
+        run: PathBuf,
+        /// The .onnx file to write (the card goes beside it).
+        #[arg(long)]
+        out: PathBuf,
+        /// Folder of the caches `prepare` wrote (crops for the check).
+        #[arg(long, default_value = "cache")]
+        cache: PathBuf,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure a model with the evaluation protocols.
     Eval {
         #[command(subcommand)]
@@ -250,11 +266,35 @@ fn train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+fn export(run: &std::path::Path, out: &std::path::Path, cache: &std::path::Path, json: bool) -> Result<()> {
+    let crops = normgate_train::prepare::Cache::load(cache, "lfw_train")?;
+    let check = normgate_train::export::export_run(run, out, &crops, 256)?;
+    if check.max_rel_diff > 1e-4 {
+        anyhow::bail!(
+            "tract's output on {} differs from the training framework's: {check:?}",
+            out.display()
+        );
+    }
+    if json {
+        println!("{}", serde_json::to_string(&check)?);
+    } else {
+        println!(
+            "{}: tract vs candle on {} crops: max |diff| {:.2e}, relative {:.2e}",
+            out.display(),
+            check.crops,
+            check.max_abs_diff,
+            check.max_rel_diff
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match Cli::parse().command {
         Command::Prepare(args) => prepare_data(args),
         Command::Train(args) => train(args),
+        Command::Export { run, out, cache, json } => export(&run, &out, &cache, json),
         Command::Eval {
             what:
                 EvalCommand::Lfw {

@@ -1,0 +1,301 @@
+//! Writes the trained backbone as an ONNX graph (through the protobuf types
+//! that tract-onnx exposes) and its model card, so that the device runs it
+//! with tract like any other model: Conv + PRelu per unit, Add for residuals,
+//! Flatten and Gemm for fc5, with the weights as initializers.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use candle_nn::VarMap;
+use normgate::card::{ChannelOrder, EmbedderCard, ModelCard};
+use prost::Message;
+use tract_onnx::pb::tensor_proto::DataType;
+use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
+use tract_onnx::pb::type_proto::{self, Value};
+use tract_onnx::pb::{
+    attribute_proto::AttributeType, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
+};
+
+use crate::backbone::BackboneConfig;
+
+/// Name of the graph's input.
+pub const INPUT: &str = "input";
+/// Name of the feature output.
+pub const OUTPUT: &str = "fc5";
+
+/// Builds a graph node by node, naming every intermediate value.
+struct Builder<'a> {
+    weights: &'a HashMap<String, (Vec<usize>, Vec<f32>)>,
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+    count: usize,
+}
+
+fn ints(name: &str, values: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Ints as i32,
+        ints: values.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn int(name: &str, value: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Int as i32,
+        i: value,
+        ..Default::default()
+    }
+}
+
+impl Builder<'_> {
+    fn node(&mut self, op: &str, inputs: &[&str], attributes: Vec<AttributeProto>, output: Option<&str>) -> String {
+        self.count += 1;
+        let out = output.map_or_else(|| format!("{}_{}", op.to_lowercase(), self.count), String::from);
+        self.nodes.push(NodeProto {
+            name: format!("{op}_{}", self.count),
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.clone()],
+            attribute: attributes,
+            ..Default::default()
+        });
+        out
+    }
+
+    /// Adds a weight as an initializer, optionally reshaped; returns its name.
+    fn weight(&mut self, name: &str, shape: Option<Vec<usize>>) -> Result<String> {
+        let (dims, values) = self
+            .weights
+            .get(name)
+            .with_context(|| format!("the checkpoint lacks {name}"))?;
+        self.initializers.push(TensorProto {
+            name: name.into(),
+            dims: shape.as_ref().unwrap_or(dims).iter().map(|&d| d as i64).collect(),
+            data_type: DataType::Float as i32,
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        });
+        Ok(name.into())
+    }
+
+    /// 3x3 convolution with bias, then PReLU.
+    fn unit(&mut self, prefix: &str, x: &str, stride: i64) -> Result<String> {
+        let w = self.weight(&format!("{prefix}.weight"), None)?;
+        let b = self.weight(&format!("{prefix}.bias"), None)?;
+        let channels = self.weights[&b].1.len();
+        let slope = self.weight(&format!("{prefix}.prelu.weight"), Some(vec![channels, 1, 1]))?;
+        let attrs = vec![
+            ints("kernel_shape", &[3, 3]),
+            ints("pads", &[1, 1, 1, 1]),
+            ints("strides", &[stride, stride]),
+        ];
+        let y = self.node("Conv", &[x, &w, &b], attrs, None);
+        Ok(self.node("PRelu", &[&y, &slope], vec![], None))
+    }
+}
+
+fn value_info(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Some(v) => dimension::Value::DimValue(*v),
+                None => dimension::Value::DimParam("batch".into()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(Value::TensorType(type_proto::Tensor {
+                elem_type: DataType::Float as i32,
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The variables under `prefix.` with their shapes and values.
+pub fn collect_weights(map: &VarMap, prefix: &str) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>> {
+    let data = map.data().lock().expect("var map");
+    data.iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix(&format!("{prefix}."))
+                .map(|short| (short.to_string(), v))
+        })
+        .map(|(k, v)| Ok((k, (v.dims().to_vec(), v.flatten_all()?.to_vec1::<f32>()?))))
+        .collect()
+}
+
+/// The ONNX model of a backbone with these weights (names as the backbone creates them).
+pub fn backbone_model(
+    config: &BackboneConfig,
+    weights: &HashMap<String, (Vec<usize>, Vec<f32>)>,
+) -> Result<ModelProto> {
+    let mut b = Builder {
+        weights,
+        nodes: Vec::new(),
+        initializers: Vec::new(),
+        count: 0,
+    };
+    let mut x = b.unit("stem", INPUT, 2)?;
+    for (s, &units) in config.units.iter().enumerate() {
+        x = b.unit(&format!("stage{s}.down"), &x, 2)?;
+        for u in 0..units {
+            let a = b.unit(&format!("stage{s}.unit{u}.a"), &x, 1)?;
+            let c = b.unit(&format!("stage{s}.unit{u}.b"), &a, 1)?;
+            x = b.node("Add", &[&x, &c], vec![], None);
+        }
+    }
+    let flat = b.node("Flatten", &[&x], vec![int("axis", 1)], None);
+    let (w, bias) = (b.weight("fc5.weight", None)?, b.weight("fc5.bias", None)?);
+    b.node("Gemm", &[&flat, &w, &bias], vec![int("transB", 1)], Some(OUTPUT));
+    let (h, w) = (config.height as i64, config.width as i64);
+    Ok(ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        producer_name: "normgate-train".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        graph: Some(GraphProto {
+            name: "normgate-backbone".into(),
+            node: b.nodes,
+            initializer: b.initializers,
+            input: vec![value_info(INPUT, &[None, Some(3), Some(h), Some(w)])],
+            output: vec![value_info(OUTPUT, &[None, Some(config.feature_dim as i64)])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// The card of an exported backbone (112x96 SphereFace crops, (x - 127.5) / 128, RGB).
+pub fn backbone_card(config: &BackboneConfig, recommended_threshold: Option<f32>) -> ModelCard {
+    ModelCard {
+        input: INPUT.into(),
+        width: config.width as u32,
+        height: config.height as u32,
+        batch: 0,
+        channels: ChannelOrder::Rgb,
+        mean: [127.5; 3],
+        std: [128.0; 3],
+        embedder: Some(EmbedderCard {
+            output: OUTPUT.into(),
+            template: "sphereface_112x96".into(),
+            recommended_threshold,
+        }),
+        detector: None,
+    }
+}
+
+/// Writes `model` and its card beside it (`.toml`).
+pub fn write(model: &ModelProto, card: &ModelCard, path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, model.encode_to_vec()).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::write(ModelCard::path_for(path), toml::to_string(card)?)?;
+    Ok(())
+}
+
+/// Largest absolute and relative (to the largest feature value) difference
+/// between tract on an exported file and candle on the same crops.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ExportCheck {
+    /// Crops compared.
+    pub crops: usize,
+    /// max |tract - candle|.
+    pub max_abs_diff: f32,
+    /// max |tract - candle| / max |candle|.
+    pub max_rel_diff: f32,
+}
+
+/// Exports a training run's backbone to `path` (and its card) and checks the
+/// written file against candle on the first `n` crops of a cache.
+pub fn export_run(run: &Path, path: &Path, cache: &crate::prepare::Cache, n: usize) -> Result<ExportCheck> {
+    use candle_core::{Device, Tensor};
+    let (net, map, config) = crate::train::load_backbone(run)?;
+    let backbone = config.backbone.config();
+    write(
+        &backbone_model(&backbone, &collect_weights(&map, "backbone")?)?,
+        &backbone_card(&backbone, None),
+        path,
+    )?;
+    let embedder = normgate::embedder::Embedder::load(path, &ModelCard::path_for(path), 16)?;
+    let n = n.min(cache.len());
+    let crops: Vec<image::RgbImage> = (0..n)
+        .map(|i| image::imageops::crop_imm(&cache.crop(i), 8, 0, 96, 112).to_image())
+        .collect();
+    let tract = embedder.embed(&crops)?;
+    let input: Vec<f32> = (0..n)
+        .flat_map(|i| crate::train::student_input(cache, i, false))
+        .collect();
+    let candle = net
+        .forward(&Tensor::from_vec(input, (n, 3, 112, 96), &Device::Cpu)?)?
+        .to_vec2::<f32>()?;
+    let (mut max_abs, mut scale) = (0.0f32, 0.0f32);
+    for (a, b) in tract.iter().zip(&candle) {
+        for (x, y) in a.iter().zip(b) {
+            max_abs = max_abs.max((x - y).abs());
+            scale = scale.max(y.abs());
+        }
+    }
+    Ok(ExportCheck {
+        crops: n,
+        max_abs_diff: max_abs,
+        max_rel_diff: max_abs / scale.max(f32::MIN_POSITIVE),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backbone::{Backbone, ConvImpl};
+    use crate::testing::tiny_backbone;
+    use crate::vars::SeededVars;
+    use candle_core::{Device, Tensor};
+    use normgate::embedder::Embedder;
+
+    #[test]
+    fn tract_runs_the_exported_graph_like_candle() {
+        let mut config = tiny_backbone([4, 6, 8], [1, 0, 2], 5);
+        (config.height, config.width) = (112, 96);
+        let map = VarMap::new();
+        let net = Backbone::new(
+            config,
+            ConvImpl::Fast,
+            SeededVars::builder(&map, 3, &Device::Cpu).pp("backbone"),
+        )
+        .unwrap();
+        let path = std::env::temp_dir().join(format!("normgate-export-{}/tiny.onnx", std::process::id()));
+        let model = backbone_model(&config, &collect_weights(&map, "backbone").unwrap()).unwrap();
+        write(&model, &backbone_card(&config, None), &path).unwrap();
+        let embedder = Embedder::load(&path, &ModelCard::path_for(&path), 2).unwrap();
+        let crops: Vec<image::RgbImage> = (0..3u32)
+            .map(|k| {
+                image::RgbImage::from_fn(96, 112, |x, y| {
+                    image::Rgb([(x * 2 + k) as u8, (y * 2) as u8, ((x + y) * k) as u8])
+                })
+            })
+            .collect();
+        let tract = embedder.embed(&crops).unwrap();
+        let input: Vec<f32> = crops.iter().flat_map(|c| embedder.card().input_tensor(c)).collect();
+        let x = Tensor::from_vec(input, (3, 3, 112, 96), &Device::Cpu).unwrap();
+        let candle = net.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+        for (a, b) in tract.iter().zip(&candle) {
+            let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let diff = a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(diff <= 1e-4 * scale.max(1e-6), "max difference {diff} at scale {scale}");
+        }
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+}
