@@ -25,9 +25,12 @@ pub const INPUT: &str = "input";
 /// Name of the feature output.
 pub const OUTPUT: &str = "fc5";
 
+/// Named weights: shape and values.
+pub type Weights = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// Builds a graph node by node, naming every intermediate value.
 struct Builder<'a> {
-    weights: &'a HashMap<String, (Vec<usize>, Vec<f32>)>,
+    weights: &'a Weights,
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
     count: usize,
@@ -123,7 +126,7 @@ fn value_info(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
 }
 
 /// The variables under `prefix.` with their shapes and values.
-pub fn collect_weights(map: &VarMap, prefix: &str) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>> {
+pub fn collect_weights(map: &VarMap, prefix: &str) -> Result<Weights> {
     let data = map.data().lock().expect("var map");
     data.iter()
         .filter_map(|(k, v)| {

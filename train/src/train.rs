@@ -177,7 +177,10 @@ impl Sgd {
         for ((_, var), vel) in self.vars.iter().zip(self.velocity.iter_mut()) {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
             let g = (g + (var.as_tensor() * decay)?)?;
-            *vel = ((&*vel * momentum)? + g)?;
+            // Detached: computed from the variables, the velocity would
+            // otherwise carry this step's graph into the next and keep every
+            // earlier step alive (memory grows by the model's size per step).
+            *vel = ((&*vel * momentum)? + g)?.detach();
             var.set(&(var.as_tensor() - (&*vel * lr)?)?)?;
         }
         Ok(())
@@ -553,6 +556,10 @@ mod tests {
             first.train_step().unwrap();
         }
         first.save(&root.join("c")).unwrap();
+        assert!(
+            first.sgd.velocity.iter().all(|v| !v.track_op()),
+            "velocities must not hold the autograd graph (it would keep every step alive)"
+        );
         let mut resumed = Trainer::new(config.clone(), &cache, &root.join("c")).unwrap();
         assert_eq!(resumed.step(), 3);
         resumed.run(&root.join("c")).unwrap();
