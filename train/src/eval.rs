@@ -11,10 +11,16 @@ use candle_core::{Device, Tensor};
 use image::RgbImage;
 use normgate::embedder::Embedder;
 
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::Serialize;
+
 use crate::datasets;
+use crate::degrade::Degradation;
 use crate::prepare::{Cache, CROP};
+use crate::quality::{edc, laplacian_variance, spearman, Edc};
 use crate::train::{load_backbone, student_input};
-use crate::verify::{cosine, lfw_report, LfwReport, Scored};
+use crate::verify::{auc, cosine, lfw_report, LfwReport, Scored};
 
 /// Where features come from.
 pub enum Model {
@@ -49,6 +55,11 @@ impl Model {
         let plain = |mirror: bool| -> Result<Vec<Vec<f32>>> {
             match self {
                 Model::Teacher => {
+                    if cache.dim == 0 || cache.teacher.len() != n * cache.dim {
+                        bail!(
+                            "the teacher's features are cached for prepared crops only; pass the teacher's .onnx file"
+                        );
+                    }
                     let t = if mirror { &cache.teacher_flip } else { &cache.teacher };
                     Ok(t.chunks(cache.dim).map(<[f32]>::to_vec).collect())
                 }
@@ -102,17 +113,23 @@ impl Model {
     }
 }
 
+/// LFW pairs scored by a model, with what produced the scores.
+pub struct LfwScores {
+    /// Every pair of pairs.txt with its cosine.
+    pub pairs: Vec<Scored>,
+    /// The two crops of each pair.
+    pub crops: Vec<[usize; 2]>,
+    /// The lfw_pairs cache.
+    pub cache: Cache,
+    /// The model's feature of each crop.
+    pub features: Vec<Vec<f32>>,
+}
+
 /// The pairs of `pairs.txt`, scored by cosine of the model's features.
-pub fn lfw_scores(
-    model: &Model,
-    data: &Path,
-    cache_dir: &Path,
-    flip: bool,
-) -> Result<(Vec<Scored>, Cache, Vec<Vec<f32>>)> {
+pub fn lfw_scores(model: &Model, data: &Path, cache_dir: &Path, flip: bool) -> Result<LfwScores> {
     let pairs_file = data.join("lfw/pairs.txt");
-    let pairs = datasets::lfw_pairs(
-        &std::fs::read_to_string(&pairs_file).with_context(|| format!("cannot read {}", pairs_file.display()))?,
-    )?;
+    let text = std::fs::read_to_string(&pairs_file).with_context(|| format!("cannot read {}", pairs_file.display()))?;
+    let pairs = datasets::lfw_pairs(&text)?;
     let cache = Cache::load(cache_dir, "lfw_pairs")?;
     let index: HashMap<&str, usize> = cache
         .paths
@@ -120,25 +137,157 @@ pub fn lfw_scores(
         .enumerate()
         .map(|(i, p)| (p.split('\t').next().unwrap_or(p).trim_start_matches("lfw/"), i))
         .collect();
+    let crops = pairs
+        .iter()
+        .map(
+            |p| match [&p.images[0], &p.images[1]].map(|im| index.get(im.as_str()).copied()) {
+                [Some(a), Some(b)] => Ok([a, b]),
+                _ => bail!("pair {:?} has an image missing from the lfw_pairs cache", p.images),
+            },
+        )
+        .collect::<Result<Vec<_>>>()?;
     let features = model.features(&cache, flip)?;
     let scored = pairs
         .iter()
-        .map(|p| {
-            let [a, b] = [&p.images[0], &p.images[1]].map(|im| index.get(im.as_str()).copied());
-            match (a, b) {
-                (Some(a), Some(b)) => Ok(Scored {
-                    fold: p.fold,
-                    same: p.same,
-                    score: cosine(&features[a], &features[b]),
-                }),
-                _ => bail!("pair {:?} has an image missing from the lfw_pairs cache", p.images),
-            }
+        .zip(&crops)
+        .map(|(p, &[a, b])| Scored {
+            fold: p.fold,
+            same: p.same,
+            score: cosine(&features[a], &features[b]),
         })
-        .collect::<Result<Vec<_>>>()?;
-    Ok((scored, cache, features))
+        .collect();
+    Ok(LfwScores {
+        pairs: scored,
+        crops,
+        cache,
+        features,
+    })
 }
 
 /// LFW 10-fold verification of a model.
 pub fn lfw(model: &Model, data: &Path, cache_dir: &Path, flip: bool) -> Result<LfwReport> {
-    Ok(lfw_report(&lfw_scores(model, data, cache_dir, flip)?.0))
+    Ok(lfw_report(&lfw_scores(model, data, cache_dir, flip)?.pairs))
+}
+
+/// One degradation family's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct FamilyReport {
+    /// Family name.
+    pub family: String,
+    /// Mean norm of the clean crops, then of each severity.
+    pub mean_norms: Vec<f64>,
+    /// Spearman of severity (0 = clean) against norm, pooled over images.
+    pub spearman: f64,
+}
+
+/// Everything `eval quality` measures.
+#[derive(Debug, Clone, Serialize)]
+pub struct QualityReport {
+    /// Error versus discard on LFW.
+    pub edc: Edc,
+    /// Degradation ranking per family.
+    pub degradation: Vec<FamilyReport>,
+    /// ROC AUC of the norm, faces against non-faces.
+    pub face_nonface_auroc: f64,
+}
+
+fn norm(v: &[f32]) -> f64 {
+    f64::from(normgate_core::norm::l2_norm(v))
+}
+
+/// A cache of arbitrary 112x112 crops (no teacher features).
+fn crops_cache(crops: &[RgbImage]) -> Cache {
+    Cache {
+        crops: crops.iter().flat_map(|c| c.as_raw().iter().copied()).collect(),
+        labels: vec![0; crops.len()],
+        teacher: Vec::new(),
+        teacher_flip: Vec::new(),
+        dim: 0,
+        paths: vec![String::new(); crops.len()],
+    }
+}
+
+/// Runs the quality protocols (EDC on LFW, degradations of `degraded_images`
+/// Glint24 crops, faces against non-faces).
+pub fn quality(model: &Model, data: &Path, cache_dir: &Path, degraded_images: usize) -> Result<QualityReport> {
+    let lfw = lfw_scores(model, data, cache_dir, false)?;
+    let norms: Vec<f64> = lfw.features.iter().map(|f| norm(f)).collect();
+    let blur: Vec<f64> = (0..lfw.cache.len())
+        .map(|i| laplacian_variance(&lfw.cache.crop(i)))
+        .collect();
+    let pair_min = |q: &[f64]| -> Vec<f64> { lfw.crops.iter().map(|&[a, b]| q[a].min(q[b])).collect() };
+    let edc = edc(&lfw.pairs, &pair_min(&norms), &pair_min(&blur));
+
+    let glint = Cache::load(cache_dir, "glint24")?;
+    let step = (glint.len() / degraded_images.max(1)).max(1);
+    let clean: Vec<RgbImage> = (0..glint.len())
+        .step_by(step)
+        .take(degraded_images)
+        .map(|i| glint.crop(i))
+        .collect();
+    let clean_norms: Vec<f64> = model
+        .features(&crops_cache(&clean), false)?
+        .iter()
+        .map(|f| norm(f))
+        .collect();
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut degradation = Vec::new();
+    for (family, levels) in Degradation::protocol() {
+        let (mut severity, mut all_norms) = (vec![0.0; clean.len()], clean_norms.clone());
+        let mut mean_norms = vec![clean_norms.iter().sum::<f64>() / clean.len() as f64];
+        for (level, d) in levels.iter().enumerate() {
+            let crops: Vec<RgbImage> = clean.iter().map(|c| d.apply(c, &mut rng)).collect();
+            let n: Vec<f64> = model
+                .features(&crops_cache(&crops), false)?
+                .iter()
+                .map(|f| norm(f))
+                .collect();
+            mean_norms.push(n.iter().sum::<f64>() / n.len() as f64);
+            severity.extend(std::iter::repeat_n((level + 1) as f64, n.len()));
+            all_norms.extend(n);
+        }
+        degradation.push(FamilyReport {
+            family: family.into(),
+            mean_norms,
+            spearman: spearman(&severity, &all_norms),
+        });
+    }
+
+    let mut patches = Vec::new();
+    let mut is_face = Vec::new();
+    for (folder, face) in [("face", true), ("nonface", false)] {
+        let dir = data.join("faces_nonfaces").join(folder);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("cannot list {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        files.sort();
+        for f in files {
+            let img = image::open(&f)
+                .with_context(|| format!("cannot read {}", f.display()))?
+                .to_rgb8();
+            patches.push(image::imageops::resize(
+                &img,
+                CROP as u32,
+                CROP as u32,
+                image::imageops::FilterType::Triangle,
+            ));
+            is_face.push(face);
+        }
+    }
+    let patch_norms = model.features(&crops_cache(&patches), false)?;
+    let scored: Vec<Scored> = patch_norms
+        .iter()
+        .zip(&is_face)
+        .map(|(f, &same)| Scored {
+            fold: 0,
+            same,
+            score: norm(f) as f32,
+        })
+        .collect();
+    Ok(QualityReport {
+        edc,
+        degradation,
+        face_nonface_auroc: auc(&scored),
+    })
 }

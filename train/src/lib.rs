@@ -22,6 +22,7 @@ pub mod gemm;
 pub mod heads;
 pub mod im2col;
 pub mod prepare;
+pub mod quality;
 #[cfg(test)]
 mod testing;
 pub mod train;

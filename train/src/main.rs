@@ -111,22 +111,38 @@ struct TrainArgs {
     seed: u64,
 }
 
+/// Which model to evaluate, and on what.
+#[derive(clap::Args, Debug)]
+struct ModelArgs {
+    /// `teacher` (LFW only: its cached features), a training run folder, or an .onnx model.
+    #[arg(long)]
+    model: String,
+    /// The .onnx model's card (default: beside the model).
+    #[arg(long)]
+    card: Option<PathBuf>,
+    /// The shared data folder.
+    #[arg(long, default_value = "../shared/data")]
+    data: PathBuf,
+    /// Folder of the caches `prepare` wrote.
+    #[arg(long, default_value = "cache")]
+    cache: PathBuf,
+}
+
 #[derive(Subcommand, Debug)]
 enum EvalCommand {
+    /// Quality protocols: EDC on LFW (norm against random and blur
+    /// discard), degradation ranking, face versus non-face AUROC. Prints JSON.
+    Quality {
+        #[command(flatten)]
+        on: ModelArgs,
+        /// Glint24 crops to degrade.
+        #[arg(long, default_value_t = 200)]
+        images: usize,
+    },
     /// LFW 10-fold verification: mean accuracy, std, ROC AUC.
     Lfw {
-        /// `teacher`, a training run folder, or an .onnx model.
-        #[arg(long)]
-        model: String,
-        /// The .onnx model's card (default: beside the model).
-        #[arg(long)]
-        card: Option<PathBuf>,
-        /// The shared data folder (for lfw/pairs.txt).
-        #[arg(long, default_value = "../shared/data")]
-        data: PathBuf,
-        /// Folder of the caches `prepare` wrote.
-        #[arg(long, default_value = "cache")]
-        cache: PathBuf,
+        #[command(flatten)]
+        on: ModelArgs,
         /// Sum each image's feature with its mirror image's.
         #[arg(long)]
         flip: bool,
@@ -296,31 +312,29 @@ fn main() -> ExitCode {
         Command::Train(args) => train(args),
         Command::Export { run, out, cache, json } => export(&run, &out, &cache, json),
         Command::Eval {
-            what:
-                EvalCommand::Lfw {
-                    model,
-                    card,
-                    data,
-                    cache,
-                    flip,
-                    json,
-                },
-        } => eval::Model::parse(&model, card)
-            .and_then(|m| eval::lfw(&m, &data, &cache, flip))
-            .and_then(|r| {
-                if json {
-                    println!("{}", serde_json::to_string(&r)?);
-                } else {
-                    println!(
-                        "LFW {} pairs: accuracy {:.2} ± {:.2} %, AUC {:.4}",
-                        r.pairs,
-                        100.0 * r.accuracy,
-                        100.0 * r.std,
-                        r.auc
-                    );
-                }
-                Ok(())
-            }),
+            what: EvalCommand::Quality { on, images },
+        } => eval::Model::parse(&on.model, on.card).and_then(|m| {
+            let r = eval::quality(&m, &on.data, &on.cache, images)?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }),
+        Command::Eval {
+            what: EvalCommand::Lfw { on, flip, json },
+        } => eval::Model::parse(&on.model, on.card).and_then(|m| {
+            let r = eval::lfw(&m, &on.data, &on.cache, flip)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "LFW {} pairs: accuracy {:.2} ± {:.2} %, AUC {:.4}",
+                    r.pairs,
+                    100.0 * r.accuracy,
+                    100.0 * r.std,
+                    r.auc
+                );
+            }
+            Ok(())
+        }),
         Command::Bench {
             what:
                 BenchCommand::Step {
