@@ -15,6 +15,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::Serialize;
 
+use crate::backbone::Backbone;
 use crate::datasets;
 use crate::degrade::Degradation;
 use crate::prepare::{Cache, CROP};
@@ -51,65 +52,76 @@ impl Model {
     /// Features of every crop of a cache, and of their mirror images when `flip`
     /// (summed with the plain ones, as is usual on LFW).
     pub fn features(&self, cache: &Cache, flip: bool) -> Result<Vec<Vec<f32>>> {
-        let n = cache.len();
-        let plain = |mirror: bool| -> Result<Vec<Vec<f32>>> {
-            match self {
-                Model::Teacher => {
-                    if cache.dim == 0 || cache.teacher.len() != n * cache.dim {
-                        bail!(
-                            "the teacher's features are cached for prepared crops only; pass the teacher's .onnx file"
-                        );
-                    }
-                    let t = if mirror { &cache.teacher_flip } else { &cache.teacher };
-                    Ok(t.chunks(cache.dim).map(<[f32]>::to_vec).collect())
-                }
-                Model::Checkpoint(dir) => {
-                    let (net, _, _) = load_backbone(dir)?;
-                    let mut out = Vec::with_capacity(n);
-                    for start in (0..n).step_by(64) {
-                        let end = (start + 64).min(n);
-                        let x: Vec<f32> = (start..end).flat_map(|i| student_input(cache, i, mirror)).collect();
-                        let x = Tensor::from_vec(x, (end - start, 3, CROP, 96), &Device::Cpu)?;
-                        let f = net.forward(&x)?.to_vec2::<f32>()?;
-                        out.extend(f);
-                    }
-                    Ok(out)
-                }
-                Model::Onnx(model, card) => {
-                    let embedder = Embedder::load(model, card, 16)?;
-                    let t = embedder.template();
-                    let crops: Vec<RgbImage> = (0..n)
-                        .map(|i| {
-                            let c = cache.crop(i);
-                            let c = if mirror {
-                                image::imageops::flip_horizontal(&c)
-                            } else {
-                                c
-                            };
-                            // The cache holds 112x112 crops on the ArcFace template; the
-                            // SphereFace template is its middle 96 columns.
-                            match (t.width, t.height) {
-                                (112, 112) => Ok(c),
-                                (96, 112) => Ok(image::imageops::crop_imm(&c, 8, 0, 96, 112).to_image()),
-                                (w, h) => bail!("no cached crops for a {w}x{h} template"),
-                            }
-                        })
-                        .collect::<Result<_>>()?;
-                    let mut out = Vec::with_capacity(n);
-                    for chunk in crops.chunks(256) {
-                        out.extend(embedder.embed(chunk)?);
-                    }
-                    Ok(out)
-                }
-            }
+        let loaded = match self {
+            Model::Teacher => Loaded::Teacher,
+            Model::Checkpoint(dir) => Loaded::Checkpoint(Box::new(load_backbone(dir)?.0)),
+            Model::Onnx(model, card) => Loaded::Onnx(Box::new(Embedder::load(model, card, 16)?)),
         };
-        let mut features = plain(false)?;
+        let mut features = loaded.features(cache, false)?;
         if flip {
-            for (f, g) in features.iter_mut().zip(plain(true)?) {
+            for (f, g) in features.iter_mut().zip(loaded.features(cache, true)?) {
                 f.iter_mut().zip(g).for_each(|(a, b)| *a += b);
             }
         }
         Ok(features)
+    }
+}
+
+/// A model ready to run.
+enum Loaded {
+    Teacher,
+    Checkpoint(Box<Backbone>),
+    Onnx(Box<Embedder>),
+}
+
+impl Loaded {
+    /// Features of every crop, or of its mirror image.
+    fn features(&self, cache: &Cache, mirror: bool) -> Result<Vec<Vec<f32>>> {
+        let n = cache.len();
+        match self {
+            Loaded::Teacher => {
+                if cache.dim == 0 || cache.teacher.len() != n * cache.dim {
+                    bail!("the teacher's features are cached for prepared crops only; pass the teacher's .onnx file");
+                }
+                let t = if mirror { &cache.teacher_flip } else { &cache.teacher };
+                Ok(t.chunks(cache.dim).map(<[f32]>::to_vec).collect())
+            }
+            Loaded::Checkpoint(net) => {
+                let mut out = Vec::with_capacity(n);
+                for start in (0..n).step_by(64) {
+                    let end = (start + 64).min(n);
+                    let x: Vec<f32> = (start..end).flat_map(|i| student_input(cache, i, mirror)).collect();
+                    let x = Tensor::from_vec(x, (end - start, 3, CROP, 96), &Device::Cpu)?;
+                    out.extend(net.forward(&x)?.to_vec2::<f32>()?);
+                }
+                Ok(out)
+            }
+            Loaded::Onnx(embedder) => {
+                let t = embedder.template();
+                let crops: Vec<RgbImage> = (0..n)
+                    .map(|i| {
+                        let c = cache.crop(i);
+                        let c = if mirror {
+                            image::imageops::flip_horizontal(&c)
+                        } else {
+                            c
+                        };
+                        // The cache holds 112x112 crops on the ArcFace template; the
+                        // SphereFace template is its middle 96 columns.
+                        match (t.width, t.height) {
+                            (112, 112) => Ok(c),
+                            (96, 112) => Ok(image::imageops::crop_imm(&c, 8, 0, 96, 112).to_image()),
+                            (w, h) => bail!("no cached crops for a {w}x{h} template"),
+                        }
+                    })
+                    .collect::<Result<_>>()?;
+                let mut out = Vec::with_capacity(n);
+                for chunk in crops.chunks(256) {
+                    out.extend(embedder.embed(chunk)?);
+                }
+                Ok(out)
+            }
+        }
     }
 }
 
