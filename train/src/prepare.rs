@@ -121,14 +121,18 @@ impl Stages<'_> {
             .par_iter()
             .progress_with(progress(images.len(), what))
             .map(|item| {
-                let image = image::open(&item.path).map_err(|_| ())?.to_rgb8();
-                let faces = self.detector.detect(&image, &DetectParams::default()).map_err(|_| ())?;
+                let failed = |e: &dyn std::fmt::Display| log::warn!("{}: {e}", item.path.display());
+                let image = image::open(&item.path).map_err(|e| failed(&e))?.to_rgb8();
+                let faces = self
+                    .detector
+                    .detect(&image, &DetectParams::default())
+                    .map_err(|e| failed(&e))?;
                 let landmarks = match main_face(&faces, image.width(), image.height()) {
                     Some(face) => face.landmarks,
                     None if fallback => fallback_landmarks(self.embedder, image.width(), image.height()),
                     None => return Ok(None),
                 };
-                let crop = self.embedder.align(&image, &landmarks).map_err(|_| ())?;
+                let crop = self.embedder.align(&image, &landmarks).map_err(|e| failed(&e))?;
                 let path = item
                     .path
                     .strip_prefix(self.data)
