@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use image::RgbImage;
 use normgate::detector::{DetectParams, Detector};
 use normgate::embedder::Embedder;
+use normgate_core::norm::{cosine, l2_norm};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -32,10 +33,6 @@ fn sample(name: &str) -> RgbImage {
 fn detector() -> Option<Detector> {
     let model = teacher("retinaface_mnet025_opset13.onnx")?;
     Some(Detector::load(&model, &root().join("train/teachers/retinaface_mnet025.toml")).unwrap())
-}
-
-fn norm(v: &[f32]) -> f32 {
-    v.iter().map(|x| x * x).sum::<f32>().sqrt()
 }
 
 #[test]
@@ -80,9 +77,9 @@ fn the_norm_of_the_aligned_face_falls_with_blur_and_flip_keeps_identity() {
     let blurred = image::imageops::blur(&crop, 4.0);
     let flipped = image::imageops::flip_horizontal(&crop);
     let f = embedder.embed(&[crop, blurred, flipped]).unwrap();
-    let (clean, blur) = (norm(&f[0]), norm(&f[1]));
+    let (clean, blur) = (l2_norm(&f[0]), l2_norm(&f[1]));
     assert!(clean > blur * 1.15, "clean {clean}, blurred {blur}");
-    let cosine = f[0].iter().zip(&f[2]).map(|(a, b)| a * b).sum::<f32>() / (clean * norm(&f[2]));
+    let cosine = cosine(&f[0], &f[2]);
     assert!(cosine > 0.7, "flip cosine {cosine}");
 }
 

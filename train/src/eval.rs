@@ -21,7 +21,8 @@ use crate::degrade::Degradation;
 use crate::prepare::{Cache, CROP};
 use crate::quality::{edc, laplacian_variance, spearman, Edc};
 use crate::train::{load_backbone, student_input};
-use crate::verify::{auc, cosine, lfw_report, LfwReport, Scored};
+use crate::verify::{auc, lfw_report, LfwReport, Scored};
+use normgate_core::norm::cosine;
 
 /// Where features come from.
 pub enum Model {

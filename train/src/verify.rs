@@ -100,11 +100,6 @@ pub fn lfw_report(pairs: &[Scored]) -> LfwReport {
     }
 }
 
-/// Cosine similarity.
-pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    normgate_core::norm::cosine(a, b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
