@@ -4,32 +4,147 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use normgate_core::gate::{GateConfig, Policy};
 use serde::{Deserialize, Serialize};
 
+use crate::camera::CaptureSettings;
+use crate::detector::DetectParams;
+use crate::sink::queue::{Limits, WhenFull};
+use crate::sink::upload::{Method, UploadSettings};
 use crate::source::SourceSpec;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// The detector and embedder.
+    pub models: ModelsSection,
+    /// Detection thresholds.
+    pub detector: DetectorSection,
     /// Gate thresholds shared by every camera unless a camera overrides them.
     pub gate: GateSection,
-    /// Where passing crops go.
+    /// Where passing crops go, unless a camera says otherwise.
     pub sink: SinkSection,
+    /// Where a sample of the dropped crops is kept for inspection.
+    pub audit: Option<AuditSection>,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsSection,
+    /// The decision log.
+    pub log: LogSection,
     /// One section per camera (`[[camera]]`); none means the embedded default.
     #[serde(rename = "camera")]
     pub cameras: Vec<CameraSection>,
+}
+
+/// `[models]`: ONNX files, each with its card (`model.toml`) beside it.
+/// Relative paths are taken from the working directory.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsSection {
+    /// The face detector.
+    pub detector: PathBuf,
+    /// The face embedder (the backbone whose feature norm is judged).
+    pub embedder: PathBuf,
+    /// Crops embedded per run when the model's batch is free.
+    pub batch: usize,
+}
+
+impl Default for ModelsSection {
+    fn default() -> Self {
+        Self {
+            detector: "models/detector.onnx".into(),
+            embedder: "models/backbone.onnx".into(),
+            batch: 4,
+        }
+    }
+}
+
+/// `[detector]`: which detections count as faces.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorSection {
+    /// Smallest detector score kept.
+    pub score_threshold: f32,
+    /// IoU above which the weaker of two boxes is suppressed.
+    pub nms_iou: f32,
+}
+
+impl Default for DetectorSection {
+    fn default() -> Self {
+        let d = DetectParams::default();
+        Self {
+            score_threshold: d.score_threshold,
+            nms_iou: d.nms_iou,
+        }
+    }
+}
+
+impl DetectorSection {
+    /// The detector's parameters, validated.
+    pub fn to_params(self) -> Result<DetectParams> {
+        if !(0.0..=1.0).contains(&self.score_threshold) || !(0.0..=1.0).contains(&self.nms_iou) {
+            bail!("[detector] score_threshold and nms_iou must be in [0, 1]");
+        }
+        Ok(DetectParams {
+            score_threshold: self.score_threshold,
+            nms_iou: self.nms_iou,
+        })
+    }
+}
+
+/// `[audit]`: a sample of dropped crops, written like the spool.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// Directory of the kept crops.
+    pub dir: PathBuf,
+    /// Share of dropped crops kept, in (0, 1].
+    pub sample_rate: f32,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// `host:port` to serve `/metrics` on, or `off`. Loopback by default:
+    /// expose it to a network only on purpose.
+    pub listen: String,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// `[log]`: the decision log.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// JSON-lines file that every decision is appended to.
+    pub decisions: PathBuf,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            decisions: "decisions.jsonl".into(),
+        }
+    }
 }
 
 /// Thresholds of the gate (see `normgate_core::gate`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct GateSection {
-    /// The norm threshold policy.
-    pub policy: PolicySection,
+    /// The norm threshold policy; without one, a fixed threshold at the
+    /// embedder card's recommended value (the seed's 5.0 when it has none).
+    pub policy: Option<PolicySection>,
     /// Half-width of the hysteresis band, in norm units.
     pub hysteresis: f32,
     /// Smallest face (shorter box side, pixels) that is judged.
@@ -41,7 +156,7 @@ pub struct GateSection {
 impl Default for GateSection {
     fn default() -> Self {
         Self {
-            policy: PolicySection::default(),
+            policy: None,
             hysteresis: 0.0,
             min_face_px: 32.0,
             min_detector_score: 0.6,
@@ -78,17 +193,17 @@ pub enum PolicySection {
     },
 }
 
-impl Default for PolicySection {
-    /// The seed's NormSelect threshold.
-    fn default() -> Self {
-        PolicySection::Fixed { threshold: 5.0 }
-    }
-}
+/// The seed's NormSelect threshold, for an embedder whose card recommends none.
+pub const SEED_THRESHOLD: f32 = 5.0;
 
 impl GateSection {
-    /// The core's gate configuration, validated.
-    pub fn to_core(&self) -> Result<GateConfig> {
-        let policy = match self.policy {
+    /// The core's gate configuration, validated; `recommended` is the
+    /// embedder card's threshold, used when no policy is configured.
+    pub fn to_core(&self, recommended: Option<f32>) -> Result<GateConfig> {
+        let fixed = PolicySection::Fixed {
+            threshold: recommended.unwrap_or(SEED_THRESHOLD),
+        };
+        let policy = match self.policy.unwrap_or(fixed) {
             PolicySection::Fixed { threshold } => Policy::Fixed { threshold },
             PolicySection::RunningAverage { weight, factor, floor } => Policy::RunningAverage { weight, factor, floor },
             PolicySection::DropRate { rate, floor } => Policy::DropRate { rate, floor },
@@ -104,17 +219,167 @@ impl GateSection {
     }
 }
 
-/// `[sink]`: where passing crops are written.
+/// `[sink]`: where passing crops go: the spool directory, or an HTTP server
+/// when `[sink.upload]` is present.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinkSection {
     /// Local spool directory (the embedded default).
     pub spool: PathBuf,
+    /// Upload to a server instead, through a durable queue.
+    pub upload: Option<UploadSection>,
 }
 
 impl Default for SinkSection {
     fn default() -> Self {
-        Self { spool: "spool".into() }
+        Self {
+            spool: "spool".into(),
+            upload: None,
+        }
+    }
+}
+
+/// `[sink.upload]`: HTTP delivery through a durable on-disk queue.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UploadSection {
+    /// `http://` or `https://` URL; for `put`, `{key}` and `{camera}` are filled in.
+    pub url: String,
+    /// `post` (multipart: metadata + crop) or `put` (the JPEG, metadata in a header).
+    #[serde(default = "default_method")]
+    pub method: Method,
+    /// File holding the bearer token (first line).
+    pub token_file: Option<PathBuf>,
+    /// Environment variable holding the bearer token.
+    #[serde(default = "default_token_env")]
+    pub token_env: String,
+    /// Limit of one request, seconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_s: f32,
+    /// The queue directory.
+    #[serde(default = "default_queue")]
+    pub queue: PathBuf,
+    /// Most crops the queue holds.
+    #[serde(default = "default_max_items")]
+    pub max_items: usize,
+    /// Most megabytes the queue holds.
+    #[serde(default = "default_max_mb")]
+    pub max_mb: f32,
+    /// What a full queue does: `reject` new crops or `drop_oldest`.
+    #[serde(default = "default_when_full")]
+    pub when_full: WhenFull,
+    /// First retry delay, seconds.
+    #[serde(default = "default_retry_initial")]
+    pub retry_initial_s: f32,
+    /// Longest retry delay, seconds.
+    #[serde(default = "default_retry_max")]
+    pub retry_max_s: f32,
+    /// How long a run whose sources have ended keeps sending before it exits
+    /// (what is left stays queued for the next run), seconds.
+    #[serde(default = "default_drain")]
+    pub drain_timeout_s: f32,
+}
+
+fn default_method() -> Method {
+    Method::Post
+}
+fn default_token_env() -> String {
+    "NORMGATE_TOKEN".into()
+}
+fn default_timeout() -> f32 {
+    10.0
+}
+fn default_queue() -> PathBuf {
+    "queue".into()
+}
+fn default_max_items() -> usize {
+    10_000
+}
+fn default_max_mb() -> f32 {
+    256.0
+}
+fn default_when_full() -> WhenFull {
+    WhenFull::DropOldest
+}
+fn default_retry_initial() -> f32 {
+    0.5
+}
+fn default_retry_max() -> f32 {
+    60.0
+}
+fn default_drain() -> f32 {
+    30.0
+}
+
+impl UploadSection {
+    /// An upload section with every default, for `url`.
+    pub fn to(url: &str) -> Self {
+        Self {
+            url: url.into(),
+            method: default_method(),
+            token_file: None,
+            token_env: default_token_env(),
+            timeout_s: default_timeout(),
+            queue: default_queue(),
+            max_items: default_max_items(),
+            max_mb: default_max_mb(),
+            when_full: default_when_full(),
+            retry_initial_s: default_retry_initial(),
+            retry_max_s: default_retry_max(),
+            drain_timeout_s: default_drain(),
+        }
+    }
+
+    /// Checks value ranges.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            bail!("upload url {:?} must start with http:// or https://", self.url);
+        }
+        let durations = [self.timeout_s, self.retry_initial_s, self.retry_max_s];
+        let positive = |d: f32| d.is_finite() && d > 0.0;
+        let drain_ok = self.drain_timeout_s.is_finite() && self.drain_timeout_s >= 0.0;
+        if !durations.into_iter().all(positive) || !drain_ok {
+            bail!("upload timeout_s, retry_initial_s and retry_max_s must be positive, drain_timeout_s not negative");
+        }
+        if self.max_items == 0 || !positive(self.max_mb) {
+            bail!("upload max_items and max_mb must be positive");
+        }
+        Ok(())
+    }
+
+    /// The bearer token, from the file or else the environment variable.
+    pub fn token(&self) -> Result<Option<String>> {
+        if let Some(file) = &self.token_file {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the upload token file {}", file.display()))?;
+            let token = text.lines().next().unwrap_or_default().trim().to_string();
+            if token.is_empty() {
+                bail!("the upload token file {} is empty", file.display());
+            }
+            return Ok(Some(token));
+        }
+        Ok(std::env::var(&self.token_env).ok().filter(|t| !t.trim().is_empty()))
+    }
+
+    /// The uploader's settings (the token read now).
+    pub fn settings(&self) -> Result<UploadSettings> {
+        Ok(UploadSettings {
+            url: self.url.clone(),
+            method: self.method,
+            token: self.token()?,
+            timeout: Duration::from_secs_f32(self.timeout_s),
+            retry_initial: Duration::from_secs_f32(self.retry_initial_s),
+            retry_max: Duration::from_secs_f32(self.retry_max_s),
+        })
+    }
+
+    /// The queue's bounds.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_items: self.max_items,
+            max_bytes: (f64::from(self.max_mb) * 1e6) as u64,
+            when_full: self.when_full,
+        }
     }
 }
 
@@ -128,6 +393,24 @@ pub struct CameraSection {
     pub source: String,
     /// Overrides `[gate]` for this camera.
     pub gate: Option<GateSection>,
+    /// Overrides `[sink]` for this camera.
+    pub sink: Option<SinkSection>,
+    /// Capture settings of a V4L2 camera.
+    #[serde(default)]
+    pub capture: CaptureSettings,
+}
+
+impl CameraSection {
+    /// A camera with the shared gate and sink.
+    pub fn new(id: &str, source: &str) -> Self {
+        Self {
+            id: id.into(),
+            source: source.into(),
+            gate: None,
+            sink: None,
+            capture: CaptureSettings::default(),
+        }
+    }
 }
 
 /// The camera used when the file names none: the bundled sample images.
@@ -149,24 +432,37 @@ impl Config {
     /// The cameras to run: those configured, or the embedded default.
     pub fn cameras(&self) -> Vec<CameraSection> {
         if self.cameras.is_empty() {
-            vec![CameraSection {
-                id: "default".into(),
-                source: DEFAULT_SOURCE.into(),
-                gate: None,
-            }]
+            vec![CameraSection::new("default", DEFAULT_SOURCE)]
         } else {
             self.cameras.clone()
         }
     }
 
-    /// The gate configuration of one camera.
-    pub fn gate_for(&self, camera: &CameraSection) -> Result<GateConfig> {
-        camera.gate.as_ref().unwrap_or(&self.gate).to_core()
+    /// The gate configuration of one camera (`recommended`: see `GateSection::to_core`).
+    pub fn gate_for(&self, camera: &CameraSection, recommended: Option<f32>) -> Result<GateConfig> {
+        camera.gate.as_ref().unwrap_or(&self.gate).to_core(recommended)
+    }
+
+    /// The sink of one camera.
+    pub fn sink_for<'a>(&'a self, camera: &'a CameraSection) -> &'a SinkSection {
+        camera.sink.as_ref().unwrap_or(&self.sink)
     }
 
     /// Checks what serde cannot: value ranges, unique camera ids, parseable sources.
     pub fn validate(&self) -> Result<()> {
-        self.gate.to_core().context("[gate]")?;
+        self.gate.to_core(None).context("[gate]")?;
+        self.detector.to_params()?;
+        if self.models.batch == 0 {
+            bail!("[models] batch must be at least 1");
+        }
+        if let Some(audit) = &self.audit {
+            if !(audit.sample_rate > 0.0 && audit.sample_rate <= 1.0) {
+                bail!("[audit] sample_rate must be in (0, 1]");
+            }
+        }
+        if let Some(upload) = &self.sink.upload {
+            upload.validate().context("[sink.upload]")?;
+        }
         let mut ids = HashSet::new();
         for camera in &self.cameras {
             if camera.id.is_empty()
@@ -183,9 +479,18 @@ impl Config {
             if !ids.insert(&camera.id) {
                 bail!("camera id {:?} appears twice; ids must be unique", camera.id);
             }
-            self.gate_for(camera)
+            self.gate_for(camera, None)
                 .with_context(|| format!("[camera] {:?}: gate", camera.id))?;
             SourceSpec::parse(&camera.source).with_context(|| format!("[camera] {:?}: source", camera.id))?;
+            camera
+                .capture
+                .validate()
+                .with_context(|| format!("[camera] {:?}: capture", camera.id))?;
+            if let Some(upload) = camera.sink.as_ref().and_then(|s| s.upload.as_ref()) {
+                upload
+                    .validate()
+                    .with_context(|| format!("[camera] {:?}: sink.upload", camera.id))?;
+            }
         }
         Ok(())
     }
@@ -206,7 +511,11 @@ mod tests {
         let c = parse("").unwrap();
         assert_eq!(c, Config::default());
         assert_eq!(c.cameras()[0].source, DEFAULT_SOURCE);
-        assert_eq!(c.gate.to_core().unwrap().policy, Policy::Fixed { threshold: 5.0 });
+        assert_eq!(c.gate.to_core(None).unwrap().policy, Policy::Fixed { threshold: 5.0 });
+        assert_eq!(
+            c.gate.to_core(Some(9.5)).unwrap().policy,
+            Policy::Fixed { threshold: 9.5 }
+        );
     }
 
     #[test]
@@ -231,10 +540,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            c.gate.to_core().unwrap().policy,
+            c.gate.to_core(Some(9.5)).unwrap().policy,
             Policy::DropRate { rate: 0.3, floor: 4.0 }
         );
-        let door = c.gate_for(&c.cameras()[0]).unwrap();
+        let door = c.gate_for(&c.cameras()[0], None).unwrap();
         assert_eq!(
             door.policy,
             Policy::RunningAverage {
@@ -247,6 +556,53 @@ mod tests {
     }
 
     #[test]
+    fn an_upload_sink_and_camera_overrides_parse_with_defaults() {
+        let c = parse(
+            r#"
+            [sink.upload]
+            url = "https://example.org/crops"
+            token_file = "/etc/normgate/token"
+            when_full = "reject"
+
+            [[camera]]
+            id = "gate"
+            source = "v4l2:/dev/video0"
+            [camera.capture]
+            width = 1280
+            height = 720
+            [camera.sink]
+            spool = "/var/spool/gate"
+            "#,
+        )
+        .unwrap();
+        let upload = c.sink.upload.as_ref().unwrap();
+        assert_eq!(upload.method, Method::Post);
+        assert_eq!(upload.limits().when_full, WhenFull::Reject);
+        assert_eq!(upload.limits().max_bytes, 256_000_000);
+        let camera = &c.cameras()[0];
+        assert_eq!(camera.capture.fps, 15);
+        assert_eq!(camera.capture.width, 1280);
+        assert!(c.sink_for(camera).upload.is_none());
+        assert_eq!(c.metrics.listen, "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn the_token_comes_from_its_file_first() {
+        let dir = std::env::temp_dir().join(format!("normgate-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let mut upload = UploadSection::to("http://127.0.0.1:1/");
+        upload.token_env = "NORMGATE_TEST_TOKEN_THAT_IS_NOT_SET".into();
+        assert_eq!(upload.token().unwrap(), None);
+        upload.token_file = Some(file.clone());
+        assert_eq!(upload.token().unwrap().as_deref(), Some("s3cret"));
+        std::fs::write(&file, "\n").unwrap();
+        assert!(format!("{:#}", upload.token().unwrap_err()).contains("empty"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let err = |text: &str| format!("{:#}", parse(text).unwrap_err());
         assert!(err("[gate]\nhysterisis = 1.0").contains("hysterisis"));
@@ -255,5 +611,9 @@ mod tests {
         let twice = "[[camera]]\nid = \"a\"\nsource = \"samples\"\n[[camera]]\nid = \"a\"\nsource = \"samples\"";
         assert!(err(twice).contains("twice"));
         assert!(err("[[camera]]\nid = \"a b\"\nsource = \"samples\"").contains("letters"));
+        assert!(err("[sink.upload]\nurl = \"ftp://x\"").contains("http://"));
+        assert!(err("[sink.upload]\nurl = \"http://x\"\nwhen_full = \"panic\"").contains("panic"));
+        assert!(err("[audit]\ndir = \"a\"\nsample_rate = 0.0").contains("sample_rate"));
+        assert!(err("[[camera]]\nid = \"a\"\nsource = \"v4l2:0\"\n[camera.capture]\nfps = 0").contains("fps"));
     }
 }

@@ -45,6 +45,11 @@ impl Embedder {
         &self.card
     }
 
+    /// The gate threshold the model's evaluation recommends, if its card gives one.
+    pub fn recommended_threshold(&self) -> Option<f32> {
+        self.card.embedder.as_ref().and_then(|e| e.recommended_threshold)
+    }
+
     /// Warps the face with these landmarks onto the template.
     pub fn align(&self, image: &RgbImage, landmarks: &Landmarks) -> Result<RgbImage> {
         let t = &self.template;

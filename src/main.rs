@@ -1,15 +1,17 @@
 //! `normgate`: the edge face-quality gate a camera device runs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
-use log::{info, warn};
-use serde::Serialize;
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
 
-use normgate::config::{self, Config};
-use normgate::source::{Item, Source, SourceSpec};
+use normgate::card::ModelCard;
+use normgate::config::{CameraSection, Config, UploadSection};
+use normgate::detector::{DetectParams, Detector, Face};
+use normgate::pipeline::load_embedder;
+use normgate::runner::{self, Summary};
+use normgate_core::norm::l2_norm;
 
 /// Edge face-quality gate: uploads only the face crops whose feature norm says they are worth it.
 #[derive(Parser, Debug)]
@@ -19,20 +21,105 @@ struct Cli {
     command: Command,
 }
 
+/// Settings of `run` that override the configuration file (flags win over
+/// environment variables, which win over the file).
+#[derive(Args, Debug, Clone)]
+struct Overrides {
+    /// Replace the configured cameras by one source: a directory, an image,
+    /// a glob, an .mjpeg file, mjpeg:PATH, - for an MJPEG stream on stdin,
+    /// or a camera (v4l2:/dev/video0, v4l2:0).
+    #[arg(long, env = "NORMGATE_SOURCE")]
+    source: Option<String>,
+    /// Where passing crops go: a spool directory, or an http(s):// URL to upload to.
+    #[arg(long, env = "NORMGATE_SINK")]
+    sink: Option<String>,
+    /// Directory of the durable upload queue.
+    #[arg(long, env = "NORMGATE_QUEUE")]
+    queue: Option<PathBuf>,
+    /// Face detector ONNX model (its card .toml beside it).
+    #[arg(long, env = "NORMGATE_DETECTOR")]
+    detector: Option<PathBuf>,
+    /// Face embedder ONNX model (its card .toml beside it).
+    #[arg(long, env = "NORMGATE_EMBEDDER")]
+    embedder: Option<PathBuf>,
+    /// Address of the Prometheus endpoint, or "off".
+    #[arg(long, env = "NORMGATE_METRICS")]
+    metrics: Option<String>,
+    /// JSON-lines decision log.
+    #[arg(long, env = "NORMGATE_DECISIONS")]
+    decisions: Option<PathBuf>,
+}
+
+impl Overrides {
+    fn apply(&self, config: &mut Config) -> Result<()> {
+        if let Some(spec) = &self.source {
+            config.cameras = vec![CameraSection::new("cli", spec)];
+        }
+        if let Some(sink) = &self.sink {
+            if sink.starts_with("http://") || sink.starts_with("https://") {
+                match &mut config.sink.upload {
+                    Some(upload) => upload.url = sink.clone(),
+                    None => config.sink.upload = Some(UploadSection::to(sink)),
+                }
+            } else if sink.contains("://") {
+                bail!("--sink {sink}: give a spool directory or an http:// or https:// URL");
+            } else {
+                config.sink.upload = None;
+                config.sink.spool = sink.into();
+            }
+        }
+        if let Some(queue) = &self.queue {
+            match &mut config.sink.upload {
+                Some(upload) => upload.queue = queue.clone(),
+                None => bail!("--queue needs an upload sink (--sink URL or [sink.upload])"),
+            }
+        }
+        if let Some(path) = &self.detector {
+            config.models.detector = path.clone();
+        }
+        if let Some(path) = &self.embedder {
+            config.models.embedder = path.clone();
+        }
+        if let Some(addr) = &self.metrics {
+            config.metrics.listen = addr.clone();
+        }
+        if let Some(path) = &self.decisions {
+            config.log.decisions = path.clone();
+        }
+        config.validate()
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the gate on every configured camera (default: the bundled samples).
     Run {
-        /// TOML configuration; without one, the embedded default runs.
+        /// TOML configuration; without one, the embedded default runs. SIGHUP re-reads its thresholds.
         #[arg(long, env = "NORMGATE_CONFIG")]
         config: Option<PathBuf>,
-        /// Replace the configured cameras by one source: a directory, an image,
-        /// a glob, an .mjpeg file, mjpeg:PATH, or - for an MJPEG stream on stdin.
-        #[arg(long, env = "NORMGATE_SOURCE")]
-        source: Option<String>,
+        #[command(flatten)]
+        overrides: Overrides,
         /// Print the run's summary as one JSON object on stdout.
         #[arg(long)]
         json: bool,
+    },
+    /// Print the feature norm of the main face of each image.
+    Embed {
+        /// Face embedder ONNX model (its card .toml beside it).
+        #[arg(long, env = "NORMGATE_EMBEDDER", default_value = "models/backbone.onnx")]
+        model: PathBuf,
+        /// Face detector ONNX model, used unless --aligned.
+        #[arg(long, env = "NORMGATE_DETECTOR", default_value = "models/detector.onnx")]
+        detector: PathBuf,
+        /// The images are crops already aligned to the model's template: no detection.
+        #[arg(long)]
+        aligned: bool,
+        /// One JSON object per image on stdout, with the feature.
+        #[arg(long)]
+        json: bool,
+        /// Images.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
     },
     /// Validate a configuration file and print what it configures.
     CheckConfig {
@@ -44,67 +131,108 @@ enum Command {
     },
 }
 
-/// What one camera's run saw.
-#[derive(Debug, Default, Serialize)]
-struct CameraSummary {
-    id: String,
-    frames: u64,
-    decode_errors: u64,
-}
-
-fn run(config: Option<PathBuf>, source: Option<String>, json: bool) -> Result<()> {
-    let config = match &config {
+fn load_config(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
+    let mut config = match file {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    let mut cameras = config.cameras();
-    if let Some(spec) = source {
-        cameras = vec![config::CameraSection {
-            id: "cli".into(),
-            source: spec,
-            gate: None,
-        }];
-    }
-    // Open every source first, so a wrong one stops the run before any work.
-    let mut opened = Vec::new();
-    for camera in &cameras {
-        let spec = SourceSpec::parse(&camera.source)?;
-        opened.push((camera.id.clone(), Source::open(&spec)?));
-    }
-    warn!("detection, embedding and the norm gate are not wired into `run` yet: frames are read and counted only");
-    let mut summaries = Vec::new();
-    for (id, source) in opened {
-        let mut summary = CameraSummary {
-            id,
-            ..Default::default()
-        };
-        for item in source {
-            match item {
-                Item::Frame(frame) => {
-                    summary.frames += 1;
-                    let (w, h) = frame.image.dimensions();
-                    info!("{} frame {} ({}) {w}x{h}", summary.id, frame.index, frame.name);
-                }
-                Item::Corrupt { index, name, error } => {
-                    summary.decode_errors += 1;
-                    warn!("{}: skipped corrupt frame {index} ({name}): {error}", summary.id);
-                }
-            }
-        }
-        summaries.push(summary);
-    }
-    let frames: u64 = summaries.iter().map(|s| s.frames).sum();
-    let decode_errors: u64 = summaries.iter().map(|s| s.decode_errors).sum();
+    overrides.apply(&mut config)?;
+    Ok(config)
+}
+
+fn run(file: Option<PathBuf>, overrides: Overrides, json: bool) -> Result<()> {
+    let config = load_config(file.as_deref(), &overrides)?;
+    let reload = || load_config(file.as_deref(), &overrides);
+    let summary: Summary = runner::run(&config, file.is_some().then_some(&reload as _))?;
     if json {
-        let out = serde_json::json!({ "frames": frames, "decode_errors": decode_errors, "cameras": summaries });
-        println!("{out}");
+        println!("{}", serde_json::to_string(&summary)?);
     } else {
-        for s in &summaries {
+        for c in &summary.cameras {
+            let dropped: u64 = c.dropped.values().sum();
             println!(
-                "camera {}: {} frames, {} decode errors",
-                s.id, s.frames, s.decode_errors
+                "camera {}: {} frames ({} corrupt, {} skipped), {} faces, {} passed, {} dropped {:?}",
+                c.id, c.frames, c.decode_errors, c.frames_skipped, c.faces, c.passed, dropped, c.dropped
             );
         }
+        let u = &summary.uploads;
+        if u.delivered + u.failed_attempts + u.rejected > 0 || u.queued > 0 {
+            println!(
+                "uploads: {} delivered, {} failed attempts, {} rejected, {} still queued",
+                u.delivered, u.failed_attempts, u.rejected, u.queued
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The face an image is about: the largest.
+fn main_face(faces: &[Face]) -> Option<&Face> {
+    faces.iter().max_by(|a, b| a.area().total_cmp(&b.area()))
+}
+
+fn embed(model: PathBuf, detector: PathBuf, aligned: bool, json: bool, images: Vec<PathBuf>) -> Result<()> {
+    let embedder = load_embedder(&model, 1)?;
+    let detector = if aligned {
+        None
+    } else {
+        if !detector.is_file() {
+            bail!(
+                "face detector {} not found: pass --detector MODEL, or --aligned for crops already aligned",
+                detector.display()
+            );
+        }
+        Some(Detector::load(&detector, &ModelCard::path_for(&detector))?)
+    };
+    let mut failed = 0;
+    for path in &images {
+        let result = (|| -> Result<(Vec<f32>, Option<Face>)> {
+            let image = image::open(path)?.to_rgb8();
+            let (crop, face) = match &detector {
+                None => {
+                    let t = embedder.template();
+                    if image.dimensions() != (t.width, t.height) {
+                        bail!("an aligned crop must be {}x{}", t.width, t.height);
+                    }
+                    (image, None)
+                }
+                Some(d) => {
+                    let faces = d.detect(&image, &DetectParams::default())?;
+                    let Some(face) = main_face(&faces).copied() else {
+                        bail!("no face found");
+                    };
+                    (embedder.align(&image, &face.landmarks)?, Some(face))
+                }
+            };
+            Ok((embedder.embed(&[crop])?.remove(0), face))
+        })();
+        let name = path.display().to_string();
+        match result {
+            Ok((feature, face)) => {
+                let norm = l2_norm(&feature);
+                if json {
+                    let v = serde_json::json!({
+                        "image": name, "norm": norm, "feature": feature,
+                        "bbox": face.map(|f| f.bbox), "detector_score": face.map(|f| f.score),
+                    });
+                    println!("{v}");
+                } else {
+                    println!("{norm:.3}\t{name}");
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "image": name, "norm": null, "error": format!("{e:#}") })
+                    );
+                }
+                eprintln!("{name}: {e:#}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} images gave no norm", images.len());
     }
     Ok(())
 }
@@ -115,30 +243,52 @@ fn check_config(file: PathBuf, json: bool) -> Result<()> {
     if json {
         let cams: Vec<_> = cameras
             .iter()
-            .map(|c| serde_json::json!({ "id": c.id, "source": c.source }))
+            .map(|c| serde_json::json!({ "id": c.id, "source": c.source, "sink": config.sink_for(c) }))
             .collect();
-        let out = serde_json::json!({ "valid": true, "cameras": cams, "gate": config.gate, "sink": config.sink });
+        let out = serde_json::json!({
+            "valid": true, "cameras": cams, "gate": config.gate, "sink": config.sink,
+            "models": config.models, "metrics": config.metrics,
+        });
         println!("{out}");
     } else {
         println!("{}: valid", file.display());
+        println!(
+            "  models: detector {}, embedder {}",
+            config.models.detector.display(),
+            config.models.embedder.display()
+        );
         for c in &cameras {
-            println!(
-                "  camera {} <- {}  gate: {:?}",
-                c.id,
-                c.source,
-                config.gate_for(c)?.policy
-            );
+            let sink = config.sink_for(c);
+            let to = match &sink.upload {
+                Some(u) => format!("upload {} via queue {}", u.url, u.queue.display()),
+                None => format!("spool {}", sink.spool.display()),
+            };
+            let policy = match c.gate.as_ref().unwrap_or(&config.gate).policy {
+                Some(p) => format!("{p:?}"),
+                None => "fixed at the embedder card's recommended threshold".into(),
+            };
+            println!("  camera {} <- {}  gate: {policy}  -> {to}", c.id, c.source);
         }
-        println!("  spool: {}", config.sink.spool.display());
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config, source, json } => run(config, source, json),
+        Command::Run {
+            config,
+            overrides,
+            json,
+        } => run(config, overrides, json),
+        Command::Embed {
+            model,
+            detector,
+            aligned,
+            json,
+            images,
+        } => embed(model, detector, aligned, json, images),
         Command::CheckConfig { file, json } => check_config(file, json),
     };
     match result {

@@ -1,7 +1,7 @@
-//! Frame sources: an image directory, a glob, a single image, or an MJPEG
-//! stream from a file or stdin. A frame that fails to decode becomes a
-//! `Corrupt` item that the pipeline counts and skips; only a source that cannot
-//! be opened at all is an error.
+//! Frame sources: a V4L2 camera, an image directory, a glob, a single image,
+//! or an MJPEG stream from a file or stdin. A frame that fails to decode
+//! becomes a `Corrupt` item that the pipeline counts and skips; only a source
+//! that cannot be opened at all is an error (a camera is retried instead).
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -26,6 +26,8 @@ pub enum SourceSpec {
     Glob(String),
     /// An MJPEG stream from a file (`mjpeg:PATH`) or stdin (`-` or `mjpeg:-`).
     Mjpeg(Option<PathBuf>),
+    /// A V4L2 camera: `v4l2:/dev/video0`, `v4l2:0`, or a `/dev/video*` path.
+    Camera(String),
 }
 
 impl SourceSpec {
@@ -37,6 +39,15 @@ impl SourceSpec {
         }
         if spec == "-" || spec == "mjpeg:-" {
             return Ok(SourceSpec::Mjpeg(None));
+        }
+        if let Some(device) = spec.strip_prefix("v4l2:") {
+            if device.is_empty() {
+                bail!("source {spec:?}: name the camera, e.g. v4l2:/dev/video0 or v4l2:0");
+            }
+            return Ok(SourceSpec::Camera(device.into()));
+        }
+        if spec.starts_with("/dev/video") {
+            return Ok(SourceSpec::Camera(spec.into()));
         }
         if let Some(path) = spec.strip_prefix("mjpeg:") {
             return Ok(SourceSpec::Mjpeg(Some(path.into())));
@@ -74,6 +85,18 @@ pub enum Item {
         /// What was wrong.
         error: String,
     },
+    /// Frames a live source overwrote because inference was behind.
+    Skipped {
+        /// How many.
+        count: u64,
+    },
+    /// A camera failed or could not be opened; it is being reopened.
+    Lost {
+        /// What went wrong.
+        error: String,
+    },
+    /// A lost camera is back.
+    Reconnected,
 }
 
 /// An open source: an iterator of frames and corrupt-frame reports.
@@ -122,10 +145,12 @@ fn stream(reader: impl Read + Send + 'static) -> Source {
 }
 
 impl Source {
-    /// Opens a source. A missing path, an empty directory or a glob without
-    /// matches is an error that says what to fix.
+    /// Opens a file or stream source. A missing path, an empty directory or a
+    /// glob without matches is an error that says what to fix. Cameras are
+    /// not opened here but captured by `camera::capture` in a feed.
     pub fn open(spec: &SourceSpec) -> Result<Self> {
         match spec {
+            SourceSpec::Camera(device) => bail!("camera {device} is captured by a feed, not opened as a file source"),
             SourceSpec::Mjpeg(None) => Ok(stream(std::io::stdin())),
             SourceSpec::Mjpeg(Some(path)) => {
                 Ok(stream(File::open(path).with_context(|| {
@@ -192,6 +217,12 @@ mod tests {
             SourceSpec::parse("samples").unwrap(),
             SourceSpec::Path("samples".into())
         );
+        assert_eq!(SourceSpec::parse("v4l2:0").unwrap(), SourceSpec::Camera("0".into()));
+        assert_eq!(
+            SourceSpec::parse("/dev/video2").unwrap(),
+            SourceSpec::Camera("/dev/video2".into())
+        );
+        assert!(SourceSpec::parse("v4l2:").is_err());
         assert!(SourceSpec::parse("  ").is_err());
         assert!(SourceSpec::parse("x/[.jpg").is_err());
     }

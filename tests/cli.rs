@@ -1,31 +1,17 @@
 //! The device binary as users and scripts call it: the README's main command,
 //! bad input, and the JSON contract.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
 
-/// The binary, behind `NORMGATE_TEST_RUNNER` when set: under qemu-user without
-/// binfmt_misc a test cannot exec a foreign binary directly (cross/test-aarch64.sh).
-fn command() -> Command {
-    let exe = env!("CARGO_BIN_EXE_normgate");
-    match std::env::var("NORMGATE_TEST_RUNNER") {
-        Ok(runner) if !runner.trim().is_empty() => {
-            let mut words = runner.split_whitespace();
-            let mut cmd = Command::new(words.next().unwrap());
-            cmd.args(words).arg(exe).env_remove("LD_LIBRARY_PATH");
-            cmd
-        }
-        _ => Command::new(exe),
-    }
-}
+use std::io::Write;
+use std::path::Path;
+use std::process::{Output, Stdio};
+
+use common::{command, jpeg, model_flags, root, sample, scratch};
 
 fn normgate(args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut child = command()
         .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("NORMGATE_CONFIG")
-        .env_remove("NORMGATE_SOURCE")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -42,55 +28,80 @@ fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("normgate-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// `run` with models, into `dir`, without the metrics endpoint; `None` when no model is at hand.
+fn run_args(dir: &Path, extra: &[&str]) -> Option<Vec<String>> {
+    let mut args: Vec<String> = ["run", "--json", "--metrics", "off"].map(String::from).to_vec();
+    args.extend(model_flags(dir)?);
+    for (flag, name) in [("--sink", "spool"), ("--decisions", "decisions.jsonl")] {
+        args.extend([flag.to_string(), dir.join(name).display().to_string()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Some(args)
 }
 
-fn sample_jpeg(name: &str) -> Vec<u8> {
-    let img = image::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("samples").join(name)).unwrap();
-    let mut out = Vec::new();
-    img.to_rgb8()
-        .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Jpeg)
-        .unwrap();
-    out
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }
 
 #[test]
 fn the_readme_main_command_runs_on_the_embedded_default() {
-    let v = json(&normgate(&["run", "--json"], None));
-    let bundled = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("samples"))
+    let shipped = ["detector", "backbone"].map(|m| root().join("models").join(format!("{m}.onnx")));
+    let out = normgate(&["run", "--json", "--metrics", "off"], None);
+    if let Some(missing) = shipped.iter().find(|m| !m.is_file()) {
+        // Until the project ships both models, the run must say which is missing and how to fix it.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        let name = missing.file_name().unwrap().to_str().unwrap();
+        assert!(stderr.contains(name) && stderr.contains("not found"), "{stderr}");
+        eprintln!("skipped the full run: models/{name} is not shipped yet");
+        return;
+    }
+    let v = json(&out);
+    let bundled = std::fs::read_dir(root().join("samples"))
         .unwrap()
         .filter(|e| {
             let p = e.as_ref().unwrap().path();
             matches!(p.extension().and_then(|e| e.to_str()), Some("png" | "jpg"))
         })
         .count();
-    assert_eq!(v["frames"], bundled as u64);
-    assert_eq!(v["decode_errors"], 0);
+    assert_eq!(v["cameras"][0]["frames"], bundled as u64);
+    assert_eq!(v["cameras"][0]["decode_errors"], 0);
 }
 
 #[test]
 fn corrupt_stream_frames_are_counted_and_skipped() {
-    let good = sample_jpeg("astronaut.png");
-    let other = sample_jpeg("coffee.png");
+    let dir = scratch("corrupt");
+    let Some(args) = run_args(&dir, &["--source", "-"]) else {
+        return;
+    };
+    let good = jpeg(&sample("astronaut.png"));
+    let other = jpeg(&sample("coffee.png"));
     let truncated = &good[..good.len() / 2];
     let stream = [good.clone(), truncated.to_vec(), other, b"garbage".to_vec(), good].concat();
-    let v = json(&normgate(&["run", "--source", "-", "--json"], Some(&stream)));
-    assert_eq!(v["frames"], 3, "{v}");
-    assert_eq!(v["decode_errors"], 2, "{v}");
+    let v = json(&normgate(&strs(&args), Some(&stream)));
+    assert_eq!(v["cameras"][0]["frames"], 3, "{v}");
+    assert_eq!(v["cameras"][0]["decode_errors"], 2, "{v}");
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn truncated_files_in_a_directory_are_counted() {
     let dir = scratch("trunc");
-    let good = sample_jpeg("rocket.jpg");
-    std::fs::write(dir.join("a.jpg"), &good).unwrap();
-    std::fs::write(dir.join("b.jpg"), &good[..100]).unwrap();
-    std::fs::write(dir.join("c.png"), b"").unwrap();
-    let v = json(&normgate(&["run", "--source", dir.to_str().unwrap(), "--json"], None));
-    assert_eq!((v["frames"].as_u64(), v["decode_errors"].as_u64()), (Some(1), Some(2)));
+    let frames = dir.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    let good = jpeg(&sample("rocket.jpg"));
+    std::fs::write(frames.join("a.jpg"), &good).unwrap();
+    std::fs::write(frames.join("b.jpg"), &good[..100]).unwrap();
+    std::fs::write(frames.join("c.png"), b"").unwrap();
+    let Some(args) = run_args(&dir, &["--source", frames.to_str().unwrap()]) else {
+        return;
+    };
+    let v = json(&normgate(&strs(&args), None));
+    let camera = &v["cameras"][0];
+    assert_eq!(
+        (camera["frames"].as_u64(), camera["decode_errors"].as_u64()),
+        (Some(1), Some(2))
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -103,12 +114,18 @@ fn unusable_input_exits_with_a_message_and_no_panic() {
     std::fs::write(&typo, "[gate]\nmin_face = 3\n").unwrap();
     let empty = dir.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let wrong_card = dir.join("wrong.onnx");
+    std::fs::write(&wrong_card, b"not onnx").unwrap();
+    std::fs::write(dir.join("wrong.toml"), "input = 3\n").unwrap();
+    let cases: [(&[&str], &str); 8] = [
         (&["check-config", bad_config.to_str().unwrap()], "rate"),
         (&["check-config", typo.to_str().unwrap()], "min_face"),
         (&["run", "--config", "does-not-exist.toml"], "cannot read config file"),
         (&["run", "--source", "no/such/dir"], "no such file"),
         (&["run", "--source", empty.to_str().unwrap()], "holds no images"),
+        (&["run", "--detector", "no/such.onnx"], "no/such.onnx not found"),
+        (&["run", "--detector", wrong_card.to_str().unwrap()], "wrong.toml"),
+        (&["run", "--sink", "ftp://host/x"], "spool"),
     ];
     for (args, needle) in cases {
         let out = normgate(args, None);

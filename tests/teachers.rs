@@ -1,34 +1,14 @@
 //! The detector and embedder on real models: the teachers in `../shared/models`
 //! when present (skipped with a printed reason otherwise).
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use image::RgbImage;
+use std::path::Path;
+
+use common::{root, sample, teacher};
 use normgate::detector::{DetectParams, Detector};
 use normgate::embedder::Embedder;
 use normgate_core::norm::{cosine, l2_norm};
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `../shared/models`, or `NORMGATE_SHARED/models`; `None` (with the reason printed) when absent.
-fn teacher(file: &str) -> Option<PathBuf> {
-    let shared = std::env::var_os("NORMGATE_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("../shared"));
-    let path = shared.join("models").join(file);
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!("skipped: teacher model {} is not present", path.display());
-        None
-    }
-}
-
-fn sample(name: &str) -> RgbImage {
-    image::open(root().join("samples").join(name)).unwrap().to_rgb8()
-}
 
 fn detector() -> Option<Detector> {
     let model = teacher("retinaface_mnet025_opset13.onnx")?;

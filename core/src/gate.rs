@@ -205,6 +205,18 @@ impl Gate {
         }
     }
 
+    /// The reason a face is dropped whatever its norm (too small, too
+    /// uncertain), so the device can skip embedding it.
+    pub fn precheck(&self, face_px: f32, detector_score: f32) -> Option<Reason> {
+        if face_px < self.config.min_face_px {
+            Some(Reason::SmallFace)
+        } else if detector_score < self.config.min_detector_score {
+            Some(Reason::LowDetectorScore)
+        } else {
+            None
+        }
+    }
+
     /// Judges one crop against the history so far, then adds its norm to the
     /// history (crops rejected for size or score do not shape the threshold).
     pub fn decide(&mut self, c: &Candidate) -> Decision {
@@ -216,10 +228,8 @@ impl Gate {
         };
         let reason = if !c.norm.is_finite() {
             Reason::InvalidNorm
-        } else if c.face_px < self.config.min_face_px {
-            Reason::SmallFace
-        } else if c.detector_score < self.config.min_detector_score {
-            Reason::LowDetectorScore
+        } else if let Some(reason) = self.precheck(c.face_px, c.detector_score) {
+            reason
         } else {
             self.observe(c.norm);
             if c.norm >= threshold {
@@ -291,6 +301,9 @@ mod tests {
         assert_eq!(g.decide(&unsure).reason, Reason::LowDetectorScore);
         assert_eq!(g.decide(&face(f32::NAN)).reason, Reason::InvalidNorm);
         assert_eq!(g.decide(&face(20.0)).reason, Reason::Passed);
+        assert_eq!(g.precheck(39.0, 0.9), Some(Reason::SmallFace));
+        assert_eq!(g.precheck(40.0, 0.5), Some(Reason::LowDetectorScore));
+        assert_eq!(g.precheck(40.0, 0.8), None);
     }
 
     #[test]

@@ -202,6 +202,18 @@ pub struct QualityReport {
     pub degradation: Vec<FamilyReport>,
     /// ROC AUC of the norm, faces against non-faces.
     pub face_nonface_auroc: f64,
+    /// 10th, 50th and 90th percentile of the norms of the LFW images.
+    pub lfw_norm_percentiles: [f64; 3],
+    /// The gate threshold for the model's card: the 10th percentile of the
+    /// LFW norms, so a gate keeps nine in ten faces of LFW's quality.
+    pub recommended_threshold: f64,
+}
+
+/// The `p`-quantile (0..=1) of `values` by the nearest rank.
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 fn norm(v: &[f32]) -> f64 {
@@ -298,9 +310,25 @@ pub fn quality(model: &Model, data: &Path, cache_dir: &Path, degraded_images: us
             score: norm(f) as f32,
         })
         .collect();
+    let lfw_norm_percentiles = [0.1, 0.5, 0.9].map(|p| percentile(&norms, p));
     Ok(QualityReport {
         edc,
         degradation,
         face_nonface_auroc: auc(&scored),
+        lfw_norm_percentiles,
+        recommended_threshold: lfw_norm_percentiles[0],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_take_the_nearest_rank() {
+        let v: Vec<f64> = (0..=10).rev().map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.1), 1.0);
+        assert_eq!(percentile(&v, 0.5), 5.0);
+        assert_eq!(percentile(&v, 1.0), 10.0);
+    }
 }

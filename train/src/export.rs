@@ -45,7 +45,8 @@ fn ints(name: &str, values: &[i64]) -> AttributeProto {
     }
 }
 
-fn int(name: &str, value: i64) -> AttributeProto {
+/// An integer attribute.
+pub(crate) fn int(name: &str, value: i64) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         r#type: AttributeType::Int as i32,

@@ -23,6 +23,7 @@ pub mod heads;
 pub mod im2col;
 pub mod prepare;
 pub mod quality;
+pub mod quantize;
 #[cfg(test)]
 mod testing;
 pub mod train;

@@ -27,6 +27,31 @@ enum Command {
     /// Train the backbone (concat A-Softmax heads + distillation); resumes
     /// from the run folder's checkpoint.
     Train(TrainArgs),
+    /// Quantize an exported float model to int8 (per-channel weights,
+    /// activation ranges calibrated on aligned training crops).
+    Quantize {
+        /// The float .onnx (its card beside it).
+        #[arg(long)]
+        model: PathBuf,
+        /// The int8 .onnx to write (the card is copied beside it).
+        #[arg(long)]
+        out: PathBuf,
+        /// Graph form: qdq or qoperator.
+        #[arg(long, value_enum, default_value = "qdq")]
+        format: normgate_train::quantize::Format,
+        /// Activation ranges from min/max, or from this percentile at each end (e.g. 99.99).
+        #[arg(long)]
+        percentile: Option<f64>,
+        /// Calibration crops, spread evenly over the Glint24 training cache.
+        #[arg(long, default_value_t = 256)]
+        crops: usize,
+        /// Folder of the caches `prepare` wrote.
+        #[arg(long, default_value = "cache")]
+        cache: PathBuf,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Export a training run's backbone to ONNX (with its card) and check the
     /// file against the training framework on cached crops.
     Export {
@@ -305,12 +330,62 @@ fn export(run: &std::path::Path, out: &std::path::Path, cache: &std::path::Path,
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
+fn quantize(
+    model: &std::path::Path,
+    out: &std::path::Path,
+    format: normgate_train::quantize::Format,
+    percentile: Option<f64>,
+    crops: usize,
+    cache: &std::path::Path,
+    json: bool,
+) -> Result<()> {
+    use normgate_train::quantize::{quantize_file, Calibration};
+    let method = match percentile {
+        None => Calibration::MinMax,
+        Some(p) if p > 50.0 && p <= 100.0 => Calibration::Percentile(p),
+        Some(p) => anyhow::bail!("--percentile {p}: give a value in (50, 100], e.g. 99.99"),
+    };
+    let glint = prepare::Cache::load(cache, "glint24")?;
+    let step = (glint.len() / crops.max(1)).max(1);
+    // The cache holds 112x112 crops; the backbone sees their central 96 columns.
+    let calibration: Vec<image::RgbImage> = (0..glint.len())
+        .step_by(step)
+        .take(crops)
+        .map(|i| image::imageops::crop_imm(&glint.crop(i), 8, 0, 96, 112).to_image())
+        .collect();
+    let r = quantize_file(model, out, format, method, &calibration)?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{}: {:?}, {} on {} crops, {} -> {} bytes",
+            out.display(),
+            r.format,
+            r.calibration,
+            r.calibration_crops,
+            r.float_bytes,
+            r.int8_bytes
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match Cli::parse().command {
         Command::Prepare(args) => prepare_data(args),
         Command::Train(args) => train(args),
         Command::Export { run, out, cache, json } => export(&run, &out, &cache, json),
+        Command::Quantize {
+            model,
+            out,
+            format,
+            percentile,
+            crops,
+            cache,
+            json,
+        } => quantize(&model, &out, format, percentile, crops, &cache, json),
         Command::Eval {
             what: EvalCommand::Quality { on, images },
         } => eval::Model::parse(&on.model, on.card).and_then(|m| {

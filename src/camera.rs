@@ -1,0 +1,270 @@
+//! A V4L2 camera as a frame source. The device is opened by path or index,
+//! MJPEG is preferred and YUYV taken when the camera offers no MJPEG, and a
+//! read waits at most `timeout`. When the device errors or disappears, the
+//! capture loop reports it and reopens it with exponential backoff until it
+//! returns, so a replugged camera resumes without a restart.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+use v4l::buffer::Type;
+use v4l::io::mmap::Stream;
+use v4l::io::traits::CaptureStream;
+use v4l::video::capture::Parameters;
+use v4l::video::Capture;
+use v4l::{Device, FourCC};
+
+use crate::source::{Frame, Item};
+
+/// Capture settings of a camera (`[camera.capture]`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureSettings {
+    /// Requested frame width; the driver may pick the nearest it supports.
+    pub width: u32,
+    /// Requested frame height.
+    pub height: u32,
+    /// Requested frames per second.
+    pub fps: u32,
+    /// Longest wait for one frame before the device counts as failed, seconds.
+    pub timeout_s: f32,
+    /// Longest pause between two attempts to reopen a failed device, seconds.
+    pub max_backoff_s: f32,
+}
+
+impl Default for CaptureSettings {
+    fn default() -> Self {
+        Self {
+            width: 640,
+            height: 480,
+            fps: 15,
+            timeout_s: 2.0,
+            max_backoff_s: 30.0,
+        }
+    }
+}
+
+impl CaptureSettings {
+    /// Checks value ranges.
+    pub fn validate(&self) -> Result<()> {
+        if self.width == 0 || self.height == 0 || self.fps == 0 {
+            bail!("capture width, height and fps must be at least 1");
+        }
+        if !(self.timeout_s > 0.0 && self.max_backoff_s > 0.0) {
+            bail!("capture timeout_s and max_backoff_s must be positive");
+        }
+        Ok(())
+    }
+}
+
+const MJPEG: [u8; 4] = *b"MJPG";
+const YUYV: [u8; 4] = *b"YUYV";
+
+/// Pixel formats this capture can convert, best first.
+fn choose_format(offered: &[FourCC]) -> Option<FourCC> {
+    [MJPEG, YUYV]
+        .into_iter()
+        .map(|f| FourCC::new(&f))
+        .find(|f| offered.contains(f))
+}
+
+/// Converts packed YUYV 4:2:2 (BT.601, limited range) to RGB8.
+pub fn yuyv_to_rgb(data: &[u8], width: u32, height: u32) -> Result<RgbImage> {
+    let needed = width as usize * height as usize * 2;
+    if data.len() < needed {
+        bail!("YUYV frame has {} bytes, {width}x{height} needs {needed}", data.len());
+    }
+    let mut rgb = Vec::with_capacity(needed / 2 * 3);
+    for quad in data[..needed].chunks_exact(4) {
+        let (y0, u, y1, v) = (
+            quad[0] as f32,
+            quad[1] as f32 - 128.0,
+            quad[2] as f32,
+            quad[3] as f32 - 128.0,
+        );
+        for y in [y0, y1] {
+            let c = 1.164 * (y - 16.0);
+            rgb.push((c + 1.596 * v).round().clamp(0.0, 255.0) as u8);
+            rgb.push((c - 0.392 * u - 0.813 * v).round().clamp(0.0, 255.0) as u8);
+            rgb.push((c + 2.017 * u).round().clamp(0.0, 255.0) as u8);
+        }
+    }
+    Ok(RgbImage::from_raw(width, height, rgb).expect("buffer of the frame's size"))
+}
+
+/// An open, streaming camera.
+struct OpenCamera {
+    stream: Stream<'static>,
+    fourcc: FourCC,
+    width: u32,
+    height: u32,
+}
+
+fn open_device(device: &str) -> Result<Device> {
+    match device.parse::<usize>() {
+        Ok(index) => Device::new(index).with_context(|| format!("cannot open camera /dev/video{index}")),
+        Err(_) => Device::with_path(device).with_context(|| format!("cannot open camera {device}")),
+    }
+}
+
+fn open(device: &str, settings: &CaptureSettings) -> Result<OpenCamera> {
+    let dev = open_device(device)?;
+    let offered: Vec<FourCC> = dev.enum_formats()?.into_iter().map(|d| d.fourcc).collect();
+    let Some(fourcc) = choose_format(&offered) else {
+        bail!("camera {device} offers neither MJPEG nor YUYV (it offers {offered:?})");
+    };
+    let mut format = dev.format()?;
+    format.width = settings.width;
+    format.height = settings.height;
+    format.fourcc = fourcc;
+    let format = dev.set_format(&format)?;
+    if format.fourcc != fourcc {
+        bail!("camera {device} refused pixel format {fourcc}");
+    }
+    // Not every driver supports frame-rate control; the camera then runs at its own rate.
+    if let Err(e) = dev.set_params(&Parameters::with_fps(settings.fps)) {
+        log::warn!("camera {device}: cannot set {} fps: {e}", settings.fps);
+    }
+    let mut stream = Stream::with_buffers(&dev, Type::VideoCapture, 4)?;
+    stream.set_timeout(Duration::from_secs_f32(settings.timeout_s));
+    log::info!(
+        "camera {device}: {}x{} {fourcc} at up to {} fps",
+        format.width,
+        format.height,
+        settings.fps
+    );
+    Ok(OpenCamera {
+        stream,
+        fourcc,
+        width: format.width,
+        height: format.height,
+    })
+}
+
+impl OpenCamera {
+    /// The next frame's pixels; `Ok(Err(_))` is a frame that did not decode.
+    fn read(&mut self) -> Result<Result<RgbImage, String>> {
+        let (buffer, meta) = self.stream.next().map_err(|e| anyhow!("read failed: {e}"))?;
+        let data = &buffer[..(meta.bytesused as usize).min(buffer.len())];
+        Ok(if self.fourcc == FourCC::new(&MJPEG) {
+            image::load_from_memory_with_format(data, image::ImageFormat::Jpeg)
+                .map(|i| i.to_rgb8())
+                .map_err(|e| e.to_string())
+        } else {
+            yuyv_to_rgb(data, self.width, self.height).map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// Captures from `device` until `stop` is set, handing every event to `emit`;
+/// `emit` returning false ends the capture too.
+pub fn capture(device: &str, settings: &CaptureSettings, stop: &AtomicBool, mut emit: impl FnMut(Item) -> bool) {
+    let mut index = 0u64;
+    let mut backoff = Duration::from_millis(250);
+    let max_backoff = Duration::from_secs_f32(settings.max_backoff_s);
+    let mut opened_before = false;
+    while !stop.load(Ordering::Relaxed) {
+        let error = match open(device, settings) {
+            Ok(mut camera) => {
+                if opened_before && !emit(Item::Reconnected) {
+                    return;
+                }
+                opened_before = true;
+                backoff = Duration::from_millis(250);
+                loop {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    match camera.read() {
+                        Ok(decoded) => {
+                            let name = format!("{device}#{index}");
+                            let item = match decoded {
+                                Ok(image) => Item::Frame(Frame { index, name, image }),
+                                Err(error) => Item::Corrupt { index, name, error },
+                            };
+                            index += 1;
+                            if !emit(item) {
+                                return;
+                            }
+                        }
+                        Err(e) => break e,
+                    }
+                }
+            }
+            Err(e) => e,
+        };
+        log::warn!(
+            "camera {device}: {error:#}; reopening in {:.1} s",
+            backoff.as_secs_f32()
+        );
+        if !emit(Item::Lost {
+            error: format!("{error:#}"),
+        }) {
+            return;
+        }
+        sleep_unless(stop, backoff);
+        backoff = (backoff * 2).min(max_backoff);
+    }
+}
+
+/// Sleeps for `duration`, waking early when `stop` is set.
+pub fn sleep_unless(stop: &AtomicBool, duration: Duration) {
+    let end = Instant::now() + duration;
+    while !stop.load(Ordering::Relaxed) {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mjpeg_is_preferred_and_yuyv_is_the_fallback() {
+        let f = |s: &[u8; 4]| FourCC::new(s);
+        assert_eq!(choose_format(&[f(b"YUYV"), f(b"MJPG")]), Some(f(b"MJPG")));
+        assert_eq!(choose_format(&[f(b"NV12"), f(b"YUYV")]), Some(f(b"YUYV")));
+        assert_eq!(choose_format(&[f(b"NV12")]), None);
+    }
+
+    #[test]
+    fn yuyv_grey_white_and_red_convert() {
+        // Two pixels per quad: (Y0 U Y1 V).
+        let grey = yuyv_to_rgb(&[126, 128, 126, 128], 2, 1).unwrap();
+        assert!(grey.pixels().all(|p| p.0.iter().all(|&c| (c as i32 - 128).abs() <= 1)));
+        let white = yuyv_to_rgb(&[235, 128, 235, 128], 2, 1).unwrap();
+        assert!(white.pixels().all(|p| p.0 == [255, 255, 255]));
+        // BT.601 red: Y 81, U 90, V 240.
+        let red = yuyv_to_rgb(&[81, 90, 81, 240], 2, 1).unwrap();
+        let p = red.get_pixel(0, 0).0;
+        assert!(p[0] > 250 && p[1] < 5 && p[2] < 5, "{p:?}");
+        assert!(yuyv_to_rgb(&[0; 6], 2, 2).is_err());
+    }
+
+    #[test]
+    fn a_missing_camera_is_reported_and_retried_until_stopped() {
+        let stop = AtomicBool::new(false);
+        let mut lost = 0;
+        capture(
+            "/dev/normgate-no-such-camera",
+            &CaptureSettings::default(),
+            &stop,
+            |item| {
+                assert!(matches!(item, Item::Lost { .. }), "{item:?}");
+                lost += 1;
+                if lost == 2 {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                true
+            },
+        );
+        assert_eq!(lost, 2);
+    }
+}

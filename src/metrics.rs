@@ -1,0 +1,291 @@
+//! Prometheus metrics of a run, and the HTTP endpoint that serves them in
+//! the OpenMetrics text format. The same counters feed the run's summary, so
+//! the endpoint, the summary and the decision log can be checked against
+//! each other.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Label of per-camera series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CameraLabel {
+    /// The camera id.
+    pub camera: String,
+}
+
+/// Label of dropped crops.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabel {
+    /// The camera id.
+    pub camera: String,
+    /// The gate's reason, or `queue_full`.
+    pub reason: String,
+}
+
+/// Label of upload attempts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `success`, `failure` (will be retried) or `rejected` (the server refused it for good).
+    pub outcome: String,
+}
+
+/// Label of latency histograms.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    /// `detect`, `align`, `embed` or `sink`.
+    pub stage: String,
+}
+
+/// Every reason a crop is dropped: the gate's, then the sink's.
+pub const DROP_REASONS: [&str; 6] = [
+    "low_norm",
+    "small_face",
+    "low_detector_score",
+    "invalid_norm",
+    "queue_full",
+    "sink_error",
+];
+
+fn stage_histogram() -> Histogram {
+    // 0.5 ms .. about 4 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+}
+
+/// Every metric of a run.
+pub struct Metrics {
+    registry: Registry,
+    /// Frames decoded.
+    pub frames: Family<CameraLabel, Counter>,
+    /// Frames a live camera overwrote because inference was behind.
+    pub frames_skipped: Family<CameraLabel, Counter>,
+    /// Frames that did not decode.
+    pub decode_errors: Family<CameraLabel, Counter>,
+    /// Times a lost camera came back.
+    pub camera_reconnects: Family<CameraLabel, Counter>,
+    /// Times a camera failed or could not be opened.
+    pub camera_failures: Family<CameraLabel, Counter>,
+    /// Faces the detector found.
+    pub faces: Family<CameraLabel, Counter>,
+    /// Crops that passed the gate and were accepted by the sink.
+    pub passed: Family<CameraLabel, Counter>,
+    /// Crops dropped, by reason.
+    pub dropped: Family<DropLabel, Counter>,
+    /// Upload attempts by outcome.
+    pub uploads: Family<OutcomeLabel, Counter>,
+    /// Upload attempts that repeated an earlier failed one.
+    pub upload_retries: Counter,
+    /// Crops waiting in upload queues.
+    pub queue_depth: Gauge,
+    /// Bytes of the crops waiting in upload queues.
+    pub queue_bytes: Gauge,
+    /// Oldest crops removed from a full queue.
+    pub queue_evicted: Counter,
+    /// Latency of each stage, seconds.
+    pub stage_seconds: Family<StageLabel, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut m = Self {
+            registry: Registry::with_prefix("normgate"),
+            frames: Default::default(),
+            frames_skipped: Default::default(),
+            decode_errors: Default::default(),
+            camera_reconnects: Default::default(),
+            camera_failures: Default::default(),
+            faces: Default::default(),
+            passed: Default::default(),
+            dropped: Default::default(),
+            uploads: Default::default(),
+            upload_retries: Default::default(),
+            queue_depth: Default::default(),
+            queue_bytes: Default::default(),
+            queue_evicted: Default::default(),
+            stage_seconds: Family::new_with_constructor(stage_histogram as fn() -> Histogram),
+        };
+        let r = &mut m.registry;
+        let per_camera = [
+            ("frames", "Frames decoded", &m.frames),
+            (
+                "frames_skipped",
+                "Frames overwritten while inference was behind",
+                &m.frames_skipped,
+            ),
+            ("decode_errors", "Frames that did not decode", &m.decode_errors),
+            (
+                "camera_reconnects",
+                "Times a lost camera came back",
+                &m.camera_reconnects,
+            ),
+            (
+                "camera_failures",
+                "Times a camera failed or could not be opened",
+                &m.camera_failures,
+            ),
+            ("faces", "Faces detected", &m.faces),
+            ("passed", "Crops that passed the gate", &m.passed),
+        ];
+        for (name, help, family) in per_camera {
+            r.register(name, help, family.clone());
+        }
+        r.register("dropped", "Crops dropped, by reason", m.dropped.clone());
+        r.register("uploads", "Upload attempts, by outcome", m.uploads.clone());
+        r.register(
+            "upload_retries",
+            "Upload attempts that retried",
+            m.upload_retries.clone(),
+        );
+        for (name, help, gauge) in [
+            ("queue_depth", "Crops waiting for upload", &m.queue_depth),
+            ("queue_bytes", "Bytes waiting for upload", &m.queue_bytes),
+        ] {
+            r.register(name, help, gauge.clone());
+        }
+        r.register(
+            "queue_evicted",
+            "Oldest crops removed from a full upload queue",
+            m.queue_evicted.clone(),
+        );
+        r.register("stage_seconds", "Latency of each stage", m.stage_seconds.clone());
+        m
+    }
+}
+
+impl Metrics {
+    /// The metrics in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+
+    /// Records one stage's latency.
+    pub fn observe(&self, stage: &str, elapsed: Duration) {
+        self.stage_seconds
+            .get_or_create(&StageLabel { stage: stage.into() })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one upload attempt's outcome.
+    pub fn upload(&self, outcome: &str) {
+        self.uploads
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// Attempts with this upload outcome.
+    pub fn upload_count(&self, outcome: &str) -> u64 {
+        self.uploads
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .get()
+    }
+
+    /// One camera's dropped crops for every reason there is.
+    pub fn dropped_by_reason(&self, camera: &str) -> Vec<(String, u64)> {
+        DROP_REASONS
+            .iter()
+            .map(|reason| {
+                let label = DropLabel {
+                    camera: camera.into(),
+                    reason: (*reason).into(),
+                };
+                ((*reason).to_string(), self.dropped.get_or_create(&label).get())
+            })
+            .collect()
+    }
+
+    /// A per-camera counter's value.
+    pub fn camera_count(family: &Family<CameraLabel, Counter>, camera: &str) -> u64 {
+        family.get_or_create(&CameraLabel { camera: camera.into() }).get()
+    }
+}
+
+/// Serves `/metrics` on `addr` from a thread of its own; returns the bound address.
+pub fn serve(addr: &str, metrics: Arc<Metrics>) -> Result<SocketAddr> {
+    let server = tiny_http::Server::http(addr).map_err(|e| {
+        anyhow!("cannot serve metrics on {addr}: {e} (choose another address with [metrics] listen or --metrics, or \"off\")")
+    })?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| anyhow!("metrics address {addr} is not an IP socket"))?;
+    let content_type: tiny_http::Header = "Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8"
+        .parse()
+        .expect("a valid header");
+    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        for request in server.incoming_requests() {
+            let response = if request.url() == "/metrics" {
+                tiny_http::Response::from_string(metrics.render()).with_header(content_type.clone())
+            } else {
+                tiny_http::Response::from_string("see /metrics\n").with_status_code(404)
+            };
+            if let Err(e) = request.respond(response) {
+                log::debug!("metrics response failed: {e}");
+            }
+        }
+    })?;
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn the_endpoint_serves_what_was_counted() {
+        let metrics = Arc::new(Metrics::default());
+        metrics
+            .frames
+            .get_or_create(&CameraLabel { camera: "door".into() })
+            .inc();
+        metrics
+            .dropped
+            .get_or_create(&DropLabel {
+                camera: "door".into(),
+                reason: "low_norm".into(),
+            })
+            .inc_by(3);
+        metrics.observe("embed", Duration::from_millis(3));
+        let addr = serve("127.0.0.1:0", metrics.clone()).unwrap();
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).unwrap();
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        assert!(body.contains("normgate_frames_total{camera=\"door\"} 1"), "{body}");
+        assert!(
+            body.contains("normgate_dropped_total{camera=\"door\",reason=\"low_norm\"} 3"),
+            "{body}"
+        );
+        assert!(
+            body.contains("normgate_stage_seconds_count{stage=\"embed\"} 1"),
+            "{body}"
+        );
+        assert_eq!(Metrics::camera_count(&metrics.frames, "door"), 1);
+    }
+
+    #[test]
+    fn a_taken_address_is_a_clear_error() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let err = serve(&addr, Arc::new(Metrics::default())).unwrap_err().to_string();
+        assert!(err.contains("--metrics"), "{err}");
+    }
+}

@@ -1,0 +1,325 @@
+//! One camera's pipeline: frame -> faces -> aligned crops -> features ->
+//! gate decisions -> sink, with every decision logged and counted. Faces the
+//! gate drops whatever their norm (too small, too uncertain) are not embedded.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use image::RgbImage;
+use normgate_core::gate::{Candidate, Gate, GateConfig, Reason};
+use normgate_core::norm::l2_norm;
+
+use crate::card::ModelCard;
+use crate::config::ModelsSection;
+use crate::detector::{DetectParams, Detector, Face};
+use crate::embedder::Embedder;
+use crate::feed::{Feed, Next};
+use crate::metrics::{CameraLabel, DropLabel, Metrics};
+use crate::record::{content_key, now_rfc3339, Crop, DecisionLog, FaceRecord};
+use crate::sink::spool::Spool;
+use crate::sink::Sink;
+use crate::source::{Frame, Item};
+
+/// How much larger than the face box the uploaded crop is, per side.
+const CROP_SCALE: f32 = 1.5;
+/// JPEG quality of uploaded crops.
+const JPEG_QUALITY: u8 = 90;
+
+/// The two models every camera shares.
+pub struct Models {
+    /// Face detector.
+    pub detector: Detector,
+    /// Face embedder.
+    pub embedder: Embedder,
+}
+
+fn check_model(path: &Path, role: &str, key: &str) -> Result<()> {
+    if !path.is_file() {
+        bail!(
+            "{role} model {} not found: set [models] {key} in the config (or --{key}) to an ONNX model with its card {} beside it; see models/MODELS.md",
+            path.display(),
+            ModelCard::path_for(path).display()
+        );
+    }
+    Ok(())
+}
+
+impl Models {
+    /// Loads both models, refusing a missing file or card with a message that says what to fix.
+    pub fn load(section: &ModelsSection) -> Result<Self> {
+        check_model(&section.detector, "face detector", "detector")?;
+        let detector = Detector::load(&section.detector, &ModelCard::path_for(&section.detector))?;
+        check_model(&section.embedder, "face embedder", "embedder")?;
+        let embedder = Embedder::load(
+            &section.embedder,
+            &ModelCard::path_for(&section.embedder),
+            section.batch,
+        )?;
+        Ok(Self { detector, embedder })
+    }
+}
+
+/// Kept samples of dropped crops.
+pub struct Audit {
+    /// Where they go.
+    pub spool: Spool,
+    /// Share kept.
+    pub sample_rate: f32,
+}
+
+/// The square region around a face that its crop shows, inside the frame: `[x, y, w, h]`.
+pub fn crop_region(face: &Face, width: u32, height: u32) -> [u32; 4] {
+    let [x1, y1, x2, y2] = face.bbox;
+    let side = ((x2 - x1).max(y2 - y1) * CROP_SCALE)
+        .min(width.min(height) as f32)
+        .max(1.0);
+    let x = ((x1 + x2 - side) / 2.0).clamp(0.0, width as f32 - side);
+    let y = ((y1 + y2 - side) / 2.0).clamp(0.0, height as f32 - side);
+    [x as u32, y as u32, side as u32, side as u32]
+}
+
+fn jpeg(image: &RgbImage) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY).encode_image(image)?;
+    Ok(out)
+}
+
+/// What every camera's pipeline shares.
+pub struct Shared {
+    /// The models.
+    pub models: Models,
+    /// Detection thresholds.
+    pub detect: DetectParams,
+    /// Where sampled dropped crops go.
+    pub audit: Option<Audit>,
+    /// The decision log.
+    pub log: DecisionLog,
+    /// The run's metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// One camera's pipeline state.
+pub struct CameraPipeline {
+    /// Camera id.
+    pub id: String,
+    gate: Gate,
+    /// A new gate configuration to take before the next frame (SIGHUP).
+    pub pending_gate: Arc<Mutex<Option<GateConfig>>>,
+    sink: Arc<Sink>,
+    shared: Arc<Shared>,
+}
+
+impl CameraPipeline {
+    /// Wires one camera.
+    pub fn new(id: String, gate: GateConfig, sink: Arc<Sink>, shared: Arc<Shared>) -> Result<Self> {
+        Ok(Self {
+            id,
+            gate: Gate::new(gate)?,
+            pending_gate: Arc::default(),
+            sink,
+            shared,
+        })
+    }
+
+    fn label(&self) -> CameraLabel {
+        CameraLabel {
+            camera: self.id.clone(),
+        }
+    }
+
+    fn count_drop(&self, reason: &str) {
+        self.shared
+            .metrics
+            .dropped
+            .get_or_create(&DropLabel {
+                camera: self.id.clone(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Runs one frame through the pipeline and logs its decisions.
+    pub fn process(&mut self, frame: &Frame) -> Result<Vec<FaceRecord>> {
+        let started = Instant::now();
+        let faces = self.shared.models.detector.detect(&frame.image, &self.shared.detect)?;
+        self.shared.metrics.observe("detect", started.elapsed());
+        self.shared
+            .metrics
+            .faces
+            .get_or_create(&self.label())
+            .inc_by(faces.len() as u64);
+
+        let prechecks: Vec<Option<Reason>> = faces
+            .iter()
+            .map(|f| self.gate.precheck(f.short_side(), f.score))
+            .collect();
+        let mut aligned = Vec::new();
+        for (face, precheck) in faces.iter().zip(&prechecks) {
+            if precheck.is_none() {
+                let started = Instant::now();
+                aligned.push(self.shared.models.embedder.align(&frame.image, &face.landmarks)?);
+                self.shared.metrics.observe("align", started.elapsed());
+            }
+        }
+        let started = Instant::now();
+        let features = self.shared.models.embedder.embed(&aligned)?;
+        if !features.is_empty() {
+            let per_crop = started.elapsed() / features.len() as u32;
+            for _ in &features {
+                self.shared.metrics.observe("embed", per_crop);
+            }
+        }
+
+        let mut norms = features.iter().map(|f| l2_norm(f));
+        let time = now_rfc3339();
+        let mut records = Vec::with_capacity(faces.len());
+        for (index, (face, precheck)) in faces.iter().zip(&prechecks).enumerate() {
+            let norm = if precheck.is_none() {
+                norms.next().unwrap_or(0.0)
+            } else {
+                0.0
+            };
+            let decision = self.gate.decide(&Candidate {
+                norm,
+                face_px: face.short_side(),
+                detector_score: face.score,
+            });
+            let mut record = FaceRecord {
+                time: time.clone(),
+                camera: self.id.clone(),
+                frame: frame.index,
+                source: frame.name.clone(),
+                face: index,
+                bbox: face.bbox,
+                landmarks: face.landmarks,
+                detector_score: face.score,
+                norm,
+                threshold: decision.threshold,
+                pass: decision.pass,
+                reason: decision.reason.as_str().into(),
+                key: None,
+                crop_region: None,
+            };
+            let keep_for_audit = self
+                .shared
+                .audit
+                .as_ref()
+                .is_some_and(|a| !decision.pass && fastrand::f32() < a.sample_rate);
+            if decision.pass || keep_for_audit {
+                let region = crop_region(face, frame.image.width(), frame.image.height());
+                let [x, y, w, h] = region;
+                let bytes = jpeg(&image::imageops::crop_imm(&frame.image, x, y, w, h).to_image())?;
+                record.key = Some(content_key(&bytes));
+                record.crop_region = Some(region);
+                let crop = Crop {
+                    record: record.clone(),
+                    jpeg: bytes,
+                };
+                if decision.pass {
+                    let started = Instant::now();
+                    let accepted = self.sink.accept(&crop);
+                    self.shared.metrics.observe("sink", started.elapsed());
+                    match accepted {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            record.pass = false;
+                            record.reason = "queue_full".into();
+                        }
+                        Err(e) => {
+                            log::error!("{}: cannot store a passing crop: {e:#}", self.id);
+                            record.pass = false;
+                            record.reason = "sink_error".into();
+                        }
+                    }
+                } else if let Some(audit) = &self.shared.audit {
+                    if let Err(e) = audit.spool.write(&crop) {
+                        log::warn!("{}: cannot write an audit crop: {e:#}", self.id);
+                    }
+                }
+            }
+            if record.pass {
+                self.shared.metrics.passed.get_or_create(&self.label()).inc();
+            } else {
+                self.count_drop(&record.reason);
+            }
+            records.push(record);
+        }
+        self.shared.log.write(&records)?;
+        Ok(records)
+    }
+
+    /// Processes the feed until it ends or `stop` is set; the frame in hand is finished first.
+    pub fn run(mut self, feed: Feed, stop: &AtomicBool) {
+        let label = self.label();
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(config) = self.pending_gate.lock().unwrap().take() {
+                match self.gate.reconfigure(config) {
+                    Ok(()) => log::info!("{}: gate reconfigured: {:?}", self.id, config.policy),
+                    Err(e) => log::error!("{}: gate configuration refused: {e}", self.id),
+                }
+            }
+            match feed.next(Duration::from_millis(200)) {
+                Next::Item(Item::Frame(frame)) => {
+                    self.shared.metrics.frames.get_or_create(&label).inc();
+                    if let Err(e) = self.process(&frame) {
+                        log::error!("{}: frame {} ({}): {e:#}", self.id, frame.index, frame.name);
+                    }
+                }
+                Next::Item(Item::Corrupt { index, name, error }) => {
+                    self.shared.metrics.decode_errors.get_or_create(&label).inc();
+                    log::warn!("{}: skipped corrupt frame {index} ({name}): {error}", self.id);
+                }
+                Next::Item(Item::Skipped { count }) => {
+                    self.shared.metrics.frames_skipped.get_or_create(&label).inc_by(count);
+                }
+                Next::Item(Item::Lost { error }) => {
+                    self.shared.metrics.camera_failures.get_or_create(&label).inc();
+                    log::warn!("{}: camera lost: {error}", self.id);
+                }
+                Next::Item(Item::Reconnected) => {
+                    self.shared.metrics.camera_reconnects.get_or_create(&label).inc();
+                    log::info!("{}: camera back", self.id);
+                }
+                Next::Idle => {}
+                Next::Ended => break,
+            }
+        }
+    }
+}
+
+/// Loads an embedder and its card, refusing a missing file with a message that says what to fix.
+pub fn load_embedder(model: &Path, batch: usize) -> Result<Embedder> {
+    check_model(model, "face embedder", "embedder")?;
+    Embedder::load(model, &ModelCard::path_for(model), batch).context("loading the embedder")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn face(bbox: [f32; 4]) -> Face {
+        Face {
+            bbox,
+            score: 0.9,
+            landmarks: [[0.0; 2]; 5],
+        }
+    }
+
+    #[test]
+    fn crop_regions_are_squares_inside_the_frame() {
+        assert_eq!(
+            crop_region(&face([100.0, 100.0, 140.0, 160.0]), 640, 480),
+            [75, 85, 90, 90]
+        );
+        // Near a corner the square is shifted in, not cut.
+        assert_eq!(crop_region(&face([0.0, 0.0, 40.0, 40.0]), 640, 480), [0, 0, 60, 60]);
+        // Larger than the frame: as large as the frame allows.
+        assert_eq!(
+            crop_region(&face([0.0, 0.0, 600.0, 470.0]), 640, 480),
+            [60, 0, 480, 480]
+        );
+    }
+}

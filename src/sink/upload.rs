@@ -1,0 +1,277 @@
+//! Delivery of queued crops to an HTTP server. The oldest crop goes first;
+//! it leaves the queue only after a 2xx answer. Network errors, timeouts,
+//! 408, 429 and 5xx (and 401/403, which a fixed token cures) are retried with
+//! exponential backoff and jitter; any other 4xx means the server will never
+//! take this crop, so it is set aside in the queue's `rejected/` folder.
+//! Every request carries the crop's content hash as `Idempotency-Key`, which
+//! makes the at-least-once delivery safe for the server.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::camera::sleep_unless;
+use crate::metrics::Metrics;
+use crate::record::Crop;
+use crate::sink::queue::Queue;
+
+/// How crops are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// `multipart/form-data` POST to the URL: a `metadata` JSON part and a `crop` JPEG part.
+    Post,
+    /// PUT of the JPEG to the URL with `{key}` and `{camera}` filled in; the
+    /// record goes in the `X-Normgate-Metadata` header.
+    Put,
+}
+
+/// Settings of an uploader.
+#[derive(Debug, Clone)]
+pub struct UploadSettings {
+    /// Target URL (a template for PUT).
+    pub url: String,
+    /// POST or PUT.
+    pub method: Method,
+    /// Bearer token; never logged.
+    pub token: Option<String>,
+    /// Limit of one request, connection included.
+    pub timeout: Duration,
+    /// First retry delay.
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+}
+
+/// How a run ends for an uploader: at once (a signal), or once the queue is
+/// empty or a deadline passed (a finite source has ended).
+#[derive(Default)]
+pub struct Shutdown {
+    stop: AtomicBool,
+    drain_until: Mutex<Option<Instant>>,
+}
+
+impl Shutdown {
+    /// Stop after the request in flight.
+    pub fn stop_now(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Stop when the queue is empty or at `deadline`, whichever comes first.
+    pub fn drain_until(&self, deadline: Instant) {
+        *self.drain_until.lock().unwrap() = Some(deadline);
+    }
+
+    fn should_stop(&self, queue: &Queue) -> bool {
+        self.stop.load(Ordering::Relaxed)
+            || self
+                .drain_until
+                .lock()
+                .unwrap()
+                .is_some_and(|d| queue.is_empty() || Instant::now() >= d)
+    }
+
+    fn flag(&self) -> &AtomicBool {
+        &self.stop
+    }
+}
+
+enum Failure {
+    /// Try again later.
+    Retry(String),
+    /// The server will never take it.
+    Refused(String),
+}
+
+/// Sends the crops of one queue.
+pub struct Uploader {
+    queue: Arc<Queue>,
+    settings: UploadSettings,
+    agent: ureq::Agent,
+    metrics: Arc<Metrics>,
+}
+
+const BOUNDARY: &str = "normgate-crop-boundary-7d1c2f";
+
+/// The multipart body of a POST.
+fn multipart(crop: &Crop, metadata: &str) -> Vec<u8> {
+    let key = crop.record.key.as_deref().unwrap_or("crop");
+    let mut body = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"metadata\"\r\nContent-Type: application/json\r\n\r\n{metadata}\r\n\
+         --{BOUNDARY}\r\nContent-Disposition: form-data; name=\"crop\"; filename=\"{key}.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(&crop.jpeg);
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+/// JSON with every non-ASCII character escaped, so it fits an HTTP header.
+fn ascii_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
+/// Backoff before retry number `attempt` (1-based): doubling from `initial`
+/// up to `max`, then a random point in its upper half so that many devices
+/// that failed together do not retry together.
+pub fn backoff(attempt: u32, initial: Duration, max: Duration, unit_random: f64) -> Duration {
+    let base = initial
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(max);
+    base.mul_f64(0.5 + 0.5 * unit_random.clamp(0.0, 1.0))
+}
+
+fn retryable(status: u16) -> bool {
+    matches!(status, 401 | 403 | 408 | 425 | 429) || status >= 500
+}
+
+impl Uploader {
+    /// An uploader of `queue`; checks the URL.
+    pub fn new(queue: Arc<Queue>, settings: UploadSettings, metrics: Arc<Metrics>) -> Result<Self> {
+        let scheme_ok = settings.url.starts_with("http://") || settings.url.starts_with("https://");
+        if !scheme_ok || settings.url.parse::<ureq::http::Uri>().is_err() {
+            bail!("upload url {:?} is not an http:// or https:// URL", settings.url);
+        }
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(settings.timeout))
+            .http_status_as_error(false)
+            .user_agent(concat!("normgate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        Ok(Self {
+            queue,
+            settings,
+            agent,
+            metrics,
+        })
+    }
+
+    fn send(&self, crop: &Crop) -> Result<(), Failure> {
+        let key = crop.record.key.clone().unwrap_or_default();
+        let metadata = serde_json::to_string(&crop.record).map_err(|e| Failure::Refused(e.to_string()))?;
+        let request = match self.settings.method {
+            Method::Post => self
+                .agent
+                .post(&self.settings.url)
+                .header("Content-Type", format!("multipart/form-data; boundary={BOUNDARY}")),
+            Method::Put => {
+                let url = self
+                    .settings
+                    .url
+                    .replace("{key}", &key)
+                    .replace("{camera}", &crop.record.camera);
+                self.agent
+                    .put(url)
+                    .header("Content-Type", "image/jpeg")
+                    .header("X-Normgate-Metadata", ascii_json(&metadata))
+            }
+        };
+        let mut request = request.header("Idempotency-Key", &key);
+        if let Some(token) = &self.settings.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        let response = match self.settings.method {
+            Method::Post => request.send(multipart(crop, &metadata)),
+            Method::Put => request.send(&crop.jpeg[..]),
+        }
+        .map_err(|e| Failure::Retry(e.to_string()))?;
+        let status = response.status().as_u16();
+        match status {
+            200..=299 => Ok(()),
+            s if retryable(s) => Err(Failure::Retry(format!("HTTP {s}"))),
+            s => Err(Failure::Refused(format!("HTTP {s}"))),
+        }
+    }
+
+    /// Sends until `shutdown` says to stop.
+    pub fn run(&self, shutdown: &Shutdown) -> Result<()> {
+        let mut failures = 0u32;
+        while !shutdown.should_stop(&self.queue) {
+            let Some((seq, crop)) = self.queue.oldest(Duration::from_millis(200))? else {
+                continue;
+            };
+            if failures > 0 {
+                self.metrics.upload_retries.inc();
+            }
+            let key = crop.record.key.as_deref().unwrap_or_default();
+            match self.send(&crop) {
+                Ok(()) => {
+                    self.queue.remove(seq).context("removing a delivered crop")?;
+                    self.metrics.upload("success");
+                    log::debug!("uploaded {key}");
+                    failures = 0;
+                }
+                Err(Failure::Retry(why)) => {
+                    self.metrics.upload("failure");
+                    failures += 1;
+                    let delay = backoff(
+                        failures,
+                        self.settings.retry_initial,
+                        self.settings.retry_max,
+                        fastrand::f64(),
+                    );
+                    log::warn!(
+                        "upload of {key} failed ({why}); retry {failures} in {:.1} s",
+                        delay.as_secs_f32()
+                    );
+                    sleep_unless(shutdown.flag(), delay);
+                }
+                Err(Failure::Refused(why)) => {
+                    self.metrics.upload("rejected");
+                    self.queue.set_aside(seq, &format!("the server refused it: {why}"))?;
+                    failures = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {
+        let (i, m) = (Duration::from_millis(100), Duration::from_secs(2));
+        assert_eq!(backoff(1, i, m, 1.0), Duration::from_millis(100));
+        assert_eq!(backoff(3, i, m, 1.0), Duration::from_millis(400));
+        assert_eq!(backoff(3, i, m, 0.0), Duration::from_millis(200));
+        assert_eq!(backoff(40, i, m, 1.0), m);
+    }
+
+    #[test]
+    fn only_transient_statuses_are_retried() {
+        for s in [401, 408, 429, 500, 503] {
+            assert!(retryable(s), "{s}");
+        }
+        for s in [400, 404, 413, 422] {
+            assert!(!retryable(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn header_json_is_ascii_and_still_json() {
+        let json = serde_json::to_string(&serde_json::json!({"source": "café 😀.jpg"})).unwrap();
+        let ascii = ascii_json(&json);
+        assert!(ascii.is_ascii());
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&ascii).unwrap()["source"],
+            "café 😀.jpg"
+        );
+    }
+}

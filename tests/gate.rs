@@ -1,0 +1,442 @@
+//! `normgate run` end to end against a real HTTP server on loopback: what
+//! is uploaded, what is dropped, what survives a server outage and a
+//! SIGKILL, and how signals are handled. Runs on the project's models when
+//! it ships them, else on the teachers in ../shared (skipped without them).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{command, jpeg, model_flags, sample, scratch};
+use image::imageops::{blur, flip_horizontal, resize, FilterType};
+use image::RgbImage;
+use serde_json::Value;
+
+/// One request the test server received.
+#[derive(Debug, Clone)]
+struct Received {
+    key: String,
+    authorization: Option<String>,
+    body: Vec<u8>,
+}
+
+/// A loopback HTTP server that records uploads; `hold` makes it keep
+/// requests unanswered (a server that hangs), `status` is what it answers.
+struct Server {
+    url: String,
+    received: Arc<Mutex<Vec<Received>>>,
+    hold: Arc<AtomicBool>,
+    server: Arc<tiny_http::Server>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    fn start_on(addr: &str) -> Self {
+        let server = Arc::new(tiny_http::Server::http(addr).unwrap());
+        let url = format!("http://{}/crops", server.server_addr().to_ip().unwrap());
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let hold = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (server, received, hold) = (server.clone(), received.clone(), hold.clone());
+            std::thread::spawn(move || {
+                for mut request in server.incoming_requests() {
+                    let header = |name: &'static str| {
+                        request
+                            .headers()
+                            .iter()
+                            .find(|h| h.field.equiv(name))
+                            .map(|h| h.value.to_string())
+                    };
+                    let key = header("Idempotency-Key").unwrap_or_default();
+                    let authorization = header("Authorization");
+                    let mut body = Vec::new();
+                    request.as_reader().read_to_end(&mut body).unwrap();
+                    received.lock().unwrap().push(Received {
+                        key,
+                        authorization,
+                        body,
+                    });
+                    if hold.load(Ordering::Relaxed) {
+                        // Never answer: the client is killed while waiting.
+                        std::mem::forget(request);
+                        continue;
+                    }
+                    let _ = request.respond(tiny_http::Response::from_string("stored"));
+                }
+            })
+        };
+        Self {
+            url,
+            received,
+            hold,
+            server,
+            thread: Some(thread),
+        }
+    }
+
+    fn start() -> Self {
+        Self::start_on("127.0.0.1:0")
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.received.lock().unwrap().iter().map(|r| r.key.clone()).collect()
+    }
+
+    /// The keys the server stored, each once (the server deduplicates by key).
+    fn distinct_keys(&self) -> BTreeSet<String> {
+        self.keys().into_iter().collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A free loopback port (bound and released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Degraded versions of a frame, from mild to severe, named.
+fn degraded(frame: &RgbImage) -> Vec<(&'static str, RgbImage)> {
+    let (w, h) = frame.dimensions();
+    let mut dark = frame.clone();
+    dark.pixels_mut()
+        .for_each(|p| p.0 = p.0.map(|c| (c as f32 * 0.1) as u8));
+    let mut noisy = frame.clone();
+    let mut state = 12345u32;
+    noisy.pixels_mut().for_each(|p| {
+        p.0 = p.0.map(|c| {
+            // Uniform noise of standard deviation about 100.
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let u = (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+            (c as f32 + u * 350.0).clamp(0.0, 255.0) as u8
+        })
+    });
+    // The astronaut's eyes are a fifth of the way down the frame: cover what is below.
+    let mut occluded = frame.clone();
+    for y in h / 5..h {
+        for x in 0..w {
+            occluded.put_pixel(x, y, image::Rgb([20, 20, 20]));
+        }
+    }
+    let tiny = resize(frame, w / 16, h / 16, FilterType::Triangle);
+    vec![
+        ("blur sigma 8", blur(frame, 8.0)),
+        ("downscaled 16x", resize(&tiny, w, h, FilterType::Triangle)),
+        ("dark x0.1", dark),
+        ("heavy noise", noisy),
+        ("lower face occluded", occluded),
+    ]
+}
+
+/// The frames of the main test stream: the sharp face, its degradations, and the non-faces.
+fn test_stream() -> (Vec<u8>, Vec<String>) {
+    let face = sample("astronaut.png");
+    let mut frames = vec![("sharp face".to_string(), face.clone())];
+    frames.extend(degraded(&face).into_iter().map(|(n, f)| (n.to_string(), f)));
+    for name in [
+        "brick.png",
+        "grass.png",
+        "gravel.png",
+        "coffee.png",
+        "rocket.jpg",
+        "hubble_deep_field.jpg",
+    ] {
+        frames.push((format!("non-face {name}"), sample(name)));
+    }
+    let names = frames.iter().map(|(n, _)| n.clone()).collect();
+    (frames.iter().flat_map(|(_, f)| jpeg(f)).collect(), names)
+}
+
+struct Run {
+    dir: PathBuf,
+    args: Vec<String>,
+}
+
+impl Run {
+    /// A run reading stdin into `dir`, uploading to `url`; `None` without models.
+    fn new(dir: &Path, url: &str, config: &str) -> Option<Self> {
+        let config_file = dir.join("normgate.toml");
+        std::fs::write(&config_file, config).unwrap();
+        let mut args: Vec<String> = ["run", "--json", "--source", "-"].map(String::from).to_vec();
+        args.extend(model_flags(dir)?);
+        for (flag, value) in [
+            ("--config", config_file.display().to_string()),
+            ("--sink", url.to_string()),
+            ("--queue", dir.join("queue").display().to_string()),
+            ("--decisions", dir.join("decisions.jsonl").display().to_string()),
+        ] {
+            args.extend([flag.to_string(), value]);
+        }
+        Some(Self {
+            dir: dir.to_path_buf(),
+            args,
+        })
+    }
+
+    fn spawn(&self, metrics: &str) -> (Child, ChildStdin) {
+        let mut child = command()
+            .args(&self.args)
+            .args(["--metrics", metrics])
+            .env("NORMGATE_TOKEN", "test-token")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let stdin = child.stdin.take().unwrap();
+        (child, stdin)
+    }
+
+    fn run(&self, stream: &[u8]) -> Value {
+        let (child, mut stdin) = self.spawn("off");
+        stdin.write_all(stream).unwrap();
+        drop(stdin);
+        summary(child.wait_with_output().unwrap())
+    }
+
+    fn decisions(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.join("decisions.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn passed_keys(&self) -> BTreeSet<String> {
+        self.decisions()
+            .iter()
+            .filter(|d| d["pass"] == true)
+            .map(|d| d["key"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+fn summary(out: Output) -> Value {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"))
+}
+
+const FAST_RETRY: &str = "[sink.upload]\nurl = \"http://unused\"\nretry_initial_s = 0.1\nretry_max_s = 0.5\n";
+
+#[test]
+fn the_sharp_face_is_uploaded_and_degraded_faces_and_non_faces_are_not() {
+    let dir = scratch("upload");
+    let server = Server::start();
+    let Some(run) = Run::new(&dir, &server.url, FAST_RETRY) else {
+        return;
+    };
+    let (stream, names) = test_stream();
+    let summary = run.run(&stream);
+    let decisions = run.decisions();
+    let mut passed_frames = BTreeMap::new();
+    for d in &decisions {
+        eprintln!(
+            "{:<28} face {} score {:.2} norm {:6.2} threshold {:.2} {}",
+            names[d["frame"].as_u64().unwrap() as usize],
+            d["face"],
+            d["detector_score"].as_f64().unwrap(),
+            d["norm"].as_f64().unwrap(),
+            d["threshold"].as_f64().unwrap(),
+            d["reason"]
+        );
+        if d["pass"] == true {
+            *passed_frames.entry(d["frame"].as_u64().unwrap()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(passed_frames, BTreeMap::from([(0, 1)]), "only the sharp face passes");
+
+    // The server holds exactly the passing crop, as a JPEG, with the token.
+    let received = server.received.lock().unwrap().clone();
+    assert_eq!(server.distinct_keys(), run.passed_keys());
+    assert_eq!(received.len(), 1, "one request for one crop");
+    assert_eq!(received[0].authorization.as_deref(), Some("Bearer test-token"));
+    assert!(received[0].body.windows(2).any(|w| w == [0xff, 0xd8]), "a JPEG part");
+
+    // The summary (the metrics' counters) agrees with the decision log.
+    let camera = &summary["cameras"][0];
+    assert_eq!(camera["frames"], names.len() as u64);
+    assert_eq!(camera["faces"], decisions.len() as u64);
+    assert_eq!(camera["passed"], 1);
+    let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
+    for d in decisions.iter().filter(|d| d["pass"] == false) {
+        *dropped.entry(d["reason"].as_str().unwrap().into()).or_default() += 1;
+    }
+    let reported: BTreeMap<String, u64> = serde_json::from_value(camera["dropped"].clone()).unwrap();
+    assert_eq!(reported, dropped);
+    assert_eq!(summary["uploads"]["delivered"], 1);
+    assert_eq!(summary["uploads"]["queued"], 0);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Several distinct passing frames (JPEG each): the sharp face, mirrored and brightened.
+fn sharp_frames(n: usize) -> Vec<Vec<u8>> {
+    let face = sample("astronaut.png");
+    (0..n)
+        .map(|i| {
+            let mut frame = if i % 2 == 1 {
+                flip_horizontal(&face)
+            } else {
+                face.clone()
+            };
+            // A one-pixel brightness step per frame makes every crop's bytes differ.
+            frame
+                .pixels_mut()
+                .for_each(|p| p.0 = p.0.map(|c| c.saturating_add((i / 2) as u8)));
+            jpeg(&frame)
+        })
+        .collect()
+}
+
+fn sharp_variants(n: usize) -> Vec<u8> {
+    sharp_frames(n).concat()
+}
+
+/// The metrics text, or empty while the endpoint is not up yet.
+fn scrape(addr: &str) -> String {
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+}
+
+#[test]
+fn a_server_outage_loses_nothing_and_duplicates_nothing() {
+    let dir = scratch("outage");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/crops");
+    let Some(run) = Run::new(&dir, &url, FAST_RETRY) else {
+        return;
+    };
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let (child, mut stdin) = run.spawn(&metrics_addr);
+    stdin.write_all(&sharp_variants(4)).unwrap();
+    drop(stdin);
+    // While the server is down, crops wait in the queue and attempts fail.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut text;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        text = scrape(&metrics_addr);
+        let depth = metric(&text, "normgate_queue_depth").unwrap_or(0.0);
+        if depth >= 4.0 && text.contains("outcome=\"failure\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "crops never queued: {text}");
+    }
+    assert!(run.dir.join("queue").read_dir().unwrap().count() >= 4);
+    let server = Server::start_on(&format!("127.0.0.1:{port}"));
+    let summary = summary(child.wait_with_output().unwrap());
+    assert_eq!(run.passed_keys().len(), 4);
+    assert_eq!(server.distinct_keys(), run.passed_keys(), "every accepted crop arrived");
+    assert_eq!(server.keys().len(), 4, "and each once");
+    assert_eq!(summary["uploads"]["delivered"], 4);
+    assert!(summary["uploads"]["failed_attempts"].as_u64().unwrap() > 0);
+    assert!(summary["uploads"]["retries"].as_u64().unwrap() > 0);
+    assert_eq!(summary["uploads"]["queued"], 0);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_sigkill_mid_upload_loses_nothing_after_a_restart() {
+    let dir = scratch("kill");
+    let server = Server::start();
+    server.hold.store(true, Ordering::Relaxed);
+    let Some(run) = Run::new(&dir, &server.url, FAST_RETRY) else {
+        return;
+    };
+    let (mut child, mut stdin) = run.spawn("off");
+    stdin.write_all(&sharp_variants(3)).unwrap();
+    // Keep stdin open: the process waits for more frames while its upload hangs.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while server.keys().is_empty() || run.passed_keys().len() < 3 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(Instant::now() < deadline, "no upload started");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+    let accepted = run.passed_keys();
+    assert_eq!(accepted.len(), 3);
+
+    // Restart on the same queue with a source without faces: the queue drains.
+    server.hold.store(false, Ordering::Relaxed);
+    let summary = run.run(&jpeg(&sample("brick.png")));
+    assert_eq!(server.distinct_keys(), accepted, "every accepted crop arrived");
+    assert_eq!(summary["uploads"]["queued"], 0);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn wait_for_decisions(run: &Run, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while run.decisions().len() < n {
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(Instant::now() < deadline, "only {} decisions", run.decisions().len());
+    }
+}
+
+#[test]
+fn sighup_reloads_the_threshold_and_sigterm_exits_cleanly() {
+    let dir = scratch("signals");
+    let server = Server::start();
+    let strict = format!("{FAST_RETRY}[gate.policy]\nkind = \"fixed\"\nthreshold = 1000.0\n");
+    let Some(run) = Run::new(&dir, &server.url, &strict) else {
+        return;
+    };
+    let (child, mut stdin) = run.spawn("off");
+    let frames = sharp_frames(2);
+    stdin.write_all(&frames[0]).unwrap();
+    wait_for_decisions(&run, 1);
+    assert_eq!(run.decisions()[0]["reason"], "low_norm");
+
+    std::fs::write(
+        dir.join("normgate.toml"),
+        format!("{FAST_RETRY}[gate.policy]\nkind = \"fixed\"\nthreshold = 0.5\n"),
+    )
+    .unwrap();
+    let pid = child.id().to_string();
+    assert!(command_kill("-HUP", &pid));
+    // The reload is picked up between frames; give the main loop a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    stdin.write_all(&frames[1]).unwrap();
+    wait_for_decisions(&run, 2);
+    assert_eq!(run.decisions()[1]["pass"], true, "{:?}", run.decisions()[1]);
+
+    assert!(command_kill("-TERM", &pid));
+    let summary = summary(child.wait_with_output().unwrap());
+    assert_eq!(summary["interrupted"], true);
+    drop(stdin);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn command_kill(signal: &str, pid: &str) -> bool {
+    std::process::Command::new("kill")
+        .args([signal, pid])
+        .status()
+        .unwrap()
+        .success()
+}
