@@ -48,7 +48,8 @@ pub struct ModelsSection {
     pub detector: PathBuf,
     /// The face embedder (the backbone whose feature norm is judged).
     pub embedder: PathBuf,
-    /// Crops embedded per run when the model's batch is free.
+    /// Crops embedded per run when the model's batch is free. A short last
+    /// batch is padded, so raise this only where frames often hold several faces.
     pub batch: usize,
 }
 
@@ -57,7 +58,7 @@ impl Default for ModelsSection {
         Self {
             detector: "models/detector.onnx".into(),
             embedder: "models/backbone.onnx".into(),
-            batch: 4,
+            batch: 1,
         }
     }
 }

@@ -3,8 +3,9 @@
 //! the endpoint, the summary and the decision log can be checked against
 //! each other.
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
@@ -92,6 +93,9 @@ pub struct Metrics {
     pub queue_evicted: Counter,
     /// Latency of each stage, seconds.
     pub stage_seconds: Family<StageLabel, Histogram>,
+    /// Sum and count of each stage's latencies, for the run's summary
+    /// (the histogram does not expose them).
+    stage_totals: Mutex<HashMap<&'static str, (f64, u64)>>,
 }
 
 impl Default for Metrics {
@@ -112,6 +116,7 @@ impl Default for Metrics {
             queue_bytes: Default::default(),
             queue_evicted: Default::default(),
             stage_seconds: Family::new_with_constructor(stage_histogram as fn() -> Histogram),
+            stage_totals: Mutex::default(),
         };
         let r = &mut m.registry;
         let per_camera = [
@@ -170,7 +175,12 @@ impl Metrics {
     }
 
     /// Records one stage's latency.
-    pub fn observe(&self, stage: &str, elapsed: Duration) {
+    pub fn observe(&self, stage: &'static str, elapsed: Duration) {
+        let mut totals = self.stage_totals.lock().unwrap();
+        let entry = totals.entry(stage).or_default();
+        entry.0 += elapsed.as_secs_f64();
+        entry.1 += 1;
+        drop(totals);
         self.stage_seconds
             .get_or_create(&StageLabel { stage: stage.into() })
             .observe(elapsed.as_secs_f64());
@@ -204,6 +214,18 @@ impl Metrics {
                     reason: (*reason).into(),
                 };
                 ((*reason).to_string(), self.dropped.get_or_create(&label).get())
+            })
+            .collect()
+    }
+
+    /// Mean latency of each stage seen so far, milliseconds.
+    pub fn mean_stage_ms(&self) -> BTreeMap<String, f64> {
+        ["detect", "align", "embed", "sink"]
+            .into_iter()
+            .filter_map(|stage| {
+                let totals = self.stage_totals.lock().unwrap();
+                let &(sum, count) = totals.get(stage)?;
+                (count > 0).then(|| (stage.to_string(), sum * 1e3 / count as f64))
             })
             .collect()
     }
@@ -279,6 +301,7 @@ mod tests {
             "{body}"
         );
         assert_eq!(Metrics::camera_count(&metrics.frames, "door"), 1);
+        assert!((metrics.mean_stage_ms()["embed"] - 3.0).abs() < 1e-9);
     }
 
     #[test]

@@ -71,6 +71,12 @@ pub struct Summary {
     pub uploads: UploadSummary,
     /// Whether a signal ended the run.
     pub interrupted: bool,
+    /// Seconds from the first frame to the last camera's end.
+    pub seconds: f64,
+    /// Frames of all cameras per second over `seconds`.
+    pub frames_per_s: f64,
+    /// Mean latency per stage, milliseconds (`embed` and `align` per crop).
+    pub stage_ms: BTreeMap<String, f64>,
 }
 
 /// Opens the sinks, sharing one spool or queue among cameras that name the same directory.
@@ -210,6 +216,7 @@ pub fn run(config: &Config, reload: Option<&dyn Fn() -> Result<Config>>) -> Resu
         );
     }
 
+    let started = Instant::now();
     let mut interrupted = false;
     while !workers.iter().all(JoinHandle::is_finished) {
         if signals.terminate.load(Ordering::Relaxed) {
@@ -229,6 +236,7 @@ pub fn run(config: &Config, reload: Option<&dyn Fn() -> Result<Config>>) -> Resu
     for worker in workers {
         let _ = worker.join();
     }
+    let seconds = started.elapsed().as_secs_f64();
     let drain = config
         .cameras()
         .iter()
@@ -243,7 +251,7 @@ pub fn run(config: &Config, reload: Option<&dyn Fn() -> Result<Config>>) -> Resu
             sync_dir(queue.dir())?;
         }
     }
-    Ok(summarise(&metrics, &ids, interrupted))
+    Ok(summarise(&metrics, &ids, interrupted, seconds))
 }
 
 /// Re-reads the configuration and hands each camera its new gate; a bad file changes nothing.
@@ -273,7 +281,7 @@ fn reload_gates(
     log::info!("SIGHUP: gate thresholds reloaded");
 }
 
-fn summarise(metrics: &Metrics, ids: &[String], interrupted: bool) -> Summary {
+fn summarise(metrics: &Metrics, ids: &[String], interrupted: bool, seconds: f64) -> Summary {
     let count = |family, id: &str| Metrics::camera_count(family, id);
     let cameras = ids
         .iter()
@@ -293,7 +301,8 @@ fn summarise(metrics: &Metrics, ids: &[String], interrupted: bool) -> Summary {
                 dropped,
             }
         })
-        .collect();
+        .collect::<Vec<CameraSummary>>();
+    let frames: u64 = cameras.iter().map(|c| c.frames).sum();
     Summary {
         cameras,
         uploads: UploadSummary {
@@ -305,5 +314,8 @@ fn summarise(metrics: &Metrics, ids: &[String], interrupted: bool) -> Summary {
             evicted: metrics.queue_evicted.get(),
         },
         interrupted,
+        seconds,
+        frames_per_s: frames as f64 / seconds.max(1e-9),
+        stage_ms: metrics.mean_stage_ms(),
     }
 }

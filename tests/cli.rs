@@ -106,6 +106,65 @@ fn truncated_files_in_a_directory_are_counted() {
 }
 
 #[test]
+fn embed_prints_the_norm_of_each_image_and_says_which_failed() {
+    let dir = scratch("embed");
+    let Some(models) = model_flags(&dir) else { return };
+    let (detector, embedder) = (&models[1], &models[3]);
+    let face = root().join("samples/astronaut.png");
+    let brick = root().join("samples/brick.png");
+    let args = [
+        "embed",
+        "--json",
+        "--model",
+        embedder,
+        "--detector",
+        detector,
+        face.to_str().unwrap(),
+        brick.to_str().unwrap(),
+    ];
+    let out = normgate(&args, None);
+    assert_eq!(out.status.code(), Some(2), "one image has no face");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let norm = lines[0]["norm"].as_f64().unwrap();
+    let feature: Vec<f64> = serde_json::from_value(lines[0]["feature"].clone()).unwrap();
+    let length = feature.iter().map(|v| v * v).sum::<f64>().sqrt();
+    assert!(norm > 1.0 && (length - norm).abs() < 1e-3 * norm, "{norm} vs {length}");
+    assert!(lines[1]["norm"].is_null() && lines[1]["error"].as_str().unwrap().contains("no face"));
+
+    // An aligned crop needs no detector; a crop of the wrong size is refused.
+    let card = std::fs::read_to_string(Path::new(embedder).with_extension("toml")).unwrap();
+    let card: toml::Value = toml::from_str(&card).unwrap();
+    let size = |key: &str| card[key].as_integer().unwrap() as u32;
+    let crop = dir.join("crop.png");
+    image::imageops::resize(
+        &sample("astronaut.png"),
+        size("width"),
+        size("height"),
+        image::imageops::FilterType::Triangle,
+    )
+    .save(&crop)
+    .unwrap();
+    let args = [
+        "embed",
+        "--aligned",
+        "--model",
+        embedder,
+        crop.to_str().unwrap(),
+        face.to_str().unwrap(),
+    ];
+    let out = normgate(&args, None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stderr.contains("must be"), "{stderr}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn unusable_input_exits_with_a_message_and_no_panic() {
     let dir = scratch("bad");
     let bad_config = dir.join("bad.toml");

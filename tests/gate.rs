@@ -239,7 +239,12 @@ const FAST_RETRY: &str = "[sink.upload]\nurl = \"http://unused\"\nretry_initial_
 fn the_sharp_face_is_uploaded_and_degraded_faces_and_non_faces_are_not() {
     let dir = scratch("upload");
     let server = Server::start();
-    let Some(run) = Run::new(&dir, &server.url, FAST_RETRY) else {
+    let audit = dir.join("audit");
+    let config = format!(
+        "{FAST_RETRY}[audit]\ndir = \"{}\"\nsample_rate = 1.0\n",
+        audit.display()
+    );
+    let Some(run) = Run::new(&dir, &server.url, &config) else {
         return;
     };
     let (stream, names) = test_stream();
@@ -282,6 +287,13 @@ fn the_sharp_face_is_uploaded_and_degraded_faces_and_non_faces_are_not() {
     assert_eq!(reported, dropped);
     assert_eq!(summary["uploads"]["delivered"], 1);
     assert_eq!(summary["uploads"]["queued"], 0);
+
+    // Every dropped face was sampled into the audit folder (rate 1), with its record.
+    let audited = std::fs::read_dir(&audit)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "json"))
+        .count();
+    assert_eq!(audited as u64, dropped.values().sum::<u64>());
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -244,6 +244,132 @@ impl Uploader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::{content_key, FaceRecord};
+    use crate::sink::queue::{Limits, WhenFull};
+
+    fn crop(camera: &str, jpeg: &[u8]) -> Crop {
+        Crop {
+            record: FaceRecord {
+                time: "2026-11-28T00:00:00.000Z".into(),
+                camera: camera.into(),
+                frame: 7,
+                source: "café.jpg".into(),
+                face: 0,
+                bbox: [1.0, 2.0, 3.0, 4.0],
+                landmarks: [[0.0; 2]; 5],
+                detector_score: 0.9,
+                norm: 14.0,
+                threshold: 12.0,
+                pass: true,
+                reason: "passed".into(),
+                key: Some(content_key(jpeg)),
+                crop_region: None,
+            },
+            jpeg: jpeg.to_vec(),
+        }
+    }
+
+    /// Method, URL and metadata header of one request.
+    type Seen = (String, String, String);
+
+    /// A server that answers each request with the next status and records what it saw.
+    fn server(statuses: Vec<u16>) -> (String, std::thread::JoinHandle<Vec<Seen>>) {
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+        let handle = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for status in statuses {
+                let mut request = server.recv().unwrap();
+                let meta = request
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("X-Normgate-Metadata"))
+                    .map(|h| h.value.to_string())
+                    .unwrap_or_default();
+                let mut body = Vec::new();
+                request.as_reader().read_to_end(&mut body).unwrap();
+                seen.push((request.method().to_string(), request.url().to_string(), meta));
+                request.respond(tiny_http::Response::empty(status)).unwrap();
+            }
+            seen
+        });
+        (url, handle)
+    }
+
+    #[test]
+    fn put_fills_the_url_template_and_a_refused_crop_is_set_aside() {
+        let dir = std::env::temp_dir().join(format!("normgate-upload-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let metrics = Arc::new(Metrics::default());
+        let limits = Limits {
+            max_items: 10,
+            max_bytes: 1 << 20,
+            when_full: WhenFull::Reject,
+        };
+        let queue = Arc::new(Queue::open(&dir, limits, metrics.clone()).unwrap());
+        let (first, second) = (crop("door", b"first"), crop("door", b"second"));
+        queue.push(&first).unwrap();
+        queue.push(&second).unwrap();
+        // 503 then 204 for the first crop, 400 for the second.
+        let (url, handle) = server(vec![503, 204, 400]);
+        let settings = UploadSettings {
+            url: format!("{url}/{{camera}}/{{key}}.jpg"),
+            method: Method::Put,
+            token: None,
+            timeout: Duration::from_secs(5),
+            retry_initial: Duration::from_millis(10),
+            retry_max: Duration::from_millis(20),
+        };
+        let uploader = Uploader::new(queue.clone(), settings, metrics.clone()).unwrap();
+        let shutdown = Shutdown::default();
+        shutdown.drain_until(Instant::now() + Duration::from_secs(30));
+        uploader.run(&shutdown).unwrap();
+        let seen = handle.join().unwrap();
+        let key = first.record.key.as_deref().unwrap();
+        assert_eq!(seen[0].0, "PUT");
+        assert_eq!(seen[0].1, format!("/door/{key}.jpg"));
+        let meta: FaceRecord = serde_json::from_str(&seen[1].2).unwrap();
+        assert_eq!(meta, first.record);
+        assert!(queue.is_empty());
+        assert_eq!(
+            std::fs::read_dir(dir.join(crate::sink::queue::REJECTED_DIR))
+                .unwrap()
+                .count(),
+            1
+        );
+        assert_eq!(
+            (
+                metrics.upload_count("success"),
+                metrics.upload_count("failure"),
+                metrics.upload_count("rejected")
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(metrics.upload_retries.get(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_url_that_is_not_http_is_refused() {
+        let dir = std::env::temp_dir().join(format!("normgate-upload-url-{}", std::process::id()));
+        let metrics = Arc::new(Metrics::default());
+        let limits = Limits {
+            max_items: 1,
+            max_bytes: 1,
+            when_full: WhenFull::Reject,
+        };
+        let queue = Arc::new(Queue::open(&dir, limits, metrics.clone()).unwrap());
+        let settings = UploadSettings {
+            url: "ftp://example.org/x".into(),
+            method: Method::Post,
+            token: None,
+            timeout: Duration::from_secs(1),
+            retry_initial: Duration::from_millis(10),
+            retry_max: Duration::from_millis(20),
+        };
+        assert!(Uploader::new(queue, settings, metrics).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {

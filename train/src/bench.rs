@@ -1,3 +1,6 @@
+//! `normgate-train bench embed`: the device's per-crop embedding time of
+//! several model files (e.g. fp32, QDQ and QOperator), interleaved in one run.
+//!
 //! `normgate-train bench step`: training steps of the shipped backbone with
 //! this crate's convolution ops and with candle's built-in ones, side by side
 //! in one run (interleaved, so machine noise hits both), at several thread
@@ -138,4 +141,60 @@ pub fn run(threads: &[usize], batch: usize, rounds: usize) -> Result<Vec<StepBen
         out.push(serde_json::from_slice(&output.stdout).context("bench worker printed no result")?);
     }
     Ok(out)
+}
+
+/// Embedding time of one model file.
+#[derive(Debug, Clone, Serialize)]
+pub struct EmbedTiming {
+    /// The model.
+    pub model: String,
+    /// File size, bytes.
+    pub bytes: u64,
+    /// Median milliseconds per crop.
+    pub ms_per_crop: f64,
+    /// This model's time over the first model's.
+    pub relative: f64,
+}
+
+/// Times each model on the same crops, `batch` crops per run, the models
+/// interleaved round by round; the median round is reported.
+pub fn embed(
+    models: &[std::path::PathBuf],
+    crops: &[image::RgbImage],
+    batch: usize,
+    rounds: usize,
+) -> Result<Vec<EmbedTiming>> {
+    use normgate::card::ModelCard;
+    use normgate::embedder::Embedder;
+    if models.is_empty() || crops.is_empty() || rounds == 0 {
+        bail!("bench embed needs at least one model, one crop and one round");
+    }
+    let embedders: Vec<Embedder> = models
+        .iter()
+        .map(|m| Embedder::load(m, &ModelCard::path_for(m), batch))
+        .collect::<Result<_>>()?;
+    let mut times = vec![Vec::new(); models.len()];
+    for round in 0..=rounds {
+        for (e, t) in embedders.iter().zip(&mut times) {
+            let start = Instant::now();
+            e.embed(crops)?;
+            // Round 0 warms caches and is not counted.
+            if round > 0 {
+                t.push(start.elapsed().as_secs_f64() * 1e3 / crops.len() as f64);
+            }
+        }
+    }
+    let medians: Vec<f64> = times.into_iter().map(median).collect();
+    models
+        .iter()
+        .zip(&medians)
+        .map(|(m, &ms)| {
+            Ok(EmbedTiming {
+                model: m.display().to_string(),
+                bytes: std::fs::metadata(m)?.len(),
+                ms_per_crop: ms,
+                relative: ms / medians[0],
+            })
+        })
+        .collect()
 }

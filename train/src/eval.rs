@@ -209,6 +209,51 @@ pub struct QualityReport {
     pub recommended_threshold: f64,
 }
 
+/// Writes `threshold` as the recommended gate threshold into an ONNX model's card.
+pub fn set_recommended_threshold(model: &Model, threshold: f32) -> Result<()> {
+    let Model::Onnx(_, card_path) = model else {
+        bail!("only an .onnx model has a card to update");
+    };
+    let mut card = normgate::card::ModelCard::load(card_path)?;
+    let Some(embedder) = card.embedder.as_mut() else {
+        bail!("{} is not an embedder's card", card_path.display());
+    };
+    embedder.recommended_threshold = Some(threshold);
+    std::fs::write(card_path, toml::to_string(&card)?).with_context(|| format!("cannot write {}", card_path.display()))
+}
+
+/// How closely one model follows another on the same crops.
+#[derive(Debug, Serialize)]
+pub struct Agreement {
+    /// Crops compared (the LFW pair images).
+    pub crops: usize,
+    /// Mean cosine between the two models' features of each crop.
+    pub mean_cosine: f64,
+    /// Smallest of those cosines.
+    pub min_cosine: f64,
+    /// Spearman rank correlation of the two models' norms.
+    pub norm_spearman: f64,
+    /// Mean ratio of the model's norm to the reference's.
+    pub mean_norm_ratio: f64,
+}
+
+/// Features of `model` against `reference` on the LFW crops (e.g. int8 against fp32).
+pub fn agreement(model: &Model, reference: &Model, cache_dir: &Path) -> Result<Agreement> {
+    let cache = Cache::load(cache_dir, "lfw_pairs")?;
+    let a = model.features(&cache, false)?;
+    let b = reference.features(&cache, false)?;
+    let cosines: Vec<f64> = a.iter().zip(&b).map(|(x, y)| f64::from(cosine(x, y))).collect();
+    let (na, nb): (Vec<f64>, Vec<f64>) = a.iter().zip(&b).map(|(x, y)| (norm(x), norm(y))).unzip();
+    let n = cosines.len() as f64;
+    Ok(Agreement {
+        crops: cosines.len(),
+        mean_cosine: cosines.iter().sum::<f64>() / n,
+        min_cosine: cosines.iter().copied().fold(f64::INFINITY, f64::min),
+        norm_spearman: spearman(&na, &nb),
+        mean_norm_ratio: na.iter().zip(&nb).map(|(x, y)| x / y).sum::<f64>() / n,
+    })
+}
+
 /// The `p`-quantile (0..=1) of `values` by the nearest rank.
 fn percentile(values: &[f64], p: f64) -> f64 {
     let mut sorted = values.to_vec();

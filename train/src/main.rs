@@ -163,6 +163,18 @@ enum EvalCommand {
         /// Glint24 crops to degrade.
         #[arg(long, default_value_t = 200)]
         images: usize,
+        /// Write the measured recommended threshold into the .onnx model's card.
+        #[arg(long)]
+        update_card: bool,
+    },
+    /// Agreement of a model with a reference on the LFW crops: mean cosine
+    /// of features, Spearman of norms (e.g. int8 against its fp32 export). Prints JSON.
+    Compare {
+        #[command(flatten)]
+        on: ModelArgs,
+        /// The reference model (a run folder or an .onnx with its card beside it).
+        #[arg(long)]
+        reference: String,
     },
     /// LFW 10-fold verification: mean accuracy, std, ROC AUC.
     Lfw {
@@ -179,6 +191,27 @@ enum EvalCommand {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// Per-crop embedding time of model files with tract, side by side.
+    Embed {
+        /// The .onnx files (cards beside them); times are relative to the first.
+        #[arg(long, value_delimiter = ',', required = true)]
+        models: Vec<PathBuf>,
+        /// Crops per round, from the Glint24 cache.
+        #[arg(long, default_value_t = 64)]
+        crops: usize,
+        /// Crops per run of the model.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Timed rounds (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Folder of the caches `prepare` wrote.
+        #[arg(long, default_value = "cache")]
+        cache: PathBuf,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Training steps of the shipped backbone: this crate's convolution ops
     /// against candle's built-in ones, interleaved, per thread count.
     Step {
@@ -330,6 +363,44 @@ fn export(run: &std::path::Path, out: &std::path::Path, cache: &std::path::Path,
     Ok(())
 }
 
+fn bench_embed(
+    models: &[PathBuf],
+    crops: usize,
+    batch: usize,
+    rounds: usize,
+    cache: &std::path::Path,
+    json: bool,
+) -> Result<()> {
+    let crops = training_crops(cache, crops)?;
+    let timings = bench::embed(models, &crops, batch, rounds)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "batch": batch, "crops": crops.len(), "models": timings })
+        );
+    } else {
+        for t in &timings {
+            println!(
+                "{:>8.3} ms/crop  x{:.2}  {:>9} bytes  {}",
+                t.ms_per_crop, t.relative, t.bytes, t.model
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `n` aligned 112x96 crops spread evenly over the Glint24 training cache
+/// (the cache holds 112x112 crops; the backbone sees their central 96 columns).
+fn training_crops(cache: &std::path::Path, n: usize) -> Result<Vec<image::RgbImage>> {
+    let glint = prepare::Cache::load(cache, "glint24")?;
+    let step = (glint.len() / n.max(1)).max(1);
+    Ok((0..glint.len())
+        .step_by(step)
+        .take(n)
+        .map(|i| image::imageops::crop_imm(&glint.crop(i), 8, 0, 96, 112).to_image())
+        .collect())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn quantize(
     model: &std::path::Path,
@@ -346,15 +417,7 @@ fn quantize(
         Some(p) if p > 50.0 && p <= 100.0 => Calibration::Percentile(p),
         Some(p) => anyhow::bail!("--percentile {p}: give a value in (50, 100], e.g. 99.99"),
     };
-    let glint = prepare::Cache::load(cache, "glint24")?;
-    let step = (glint.len() / crops.max(1)).max(1);
-    // The cache holds 112x112 crops; the backbone sees their central 96 columns.
-    let calibration: Vec<image::RgbImage> = (0..glint.len())
-        .step_by(step)
-        .take(crops)
-        .map(|i| image::imageops::crop_imm(&glint.crop(i), 8, 0, 96, 112).to_image())
-        .collect();
-    let r = quantize_file(model, out, format, method, &calibration)?;
+    let r = quantize_file(model, out, format, method, &training_crops(cache, crops)?)?;
     if json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
@@ -387,9 +450,24 @@ fn main() -> ExitCode {
             json,
         } => quantize(&model, &out, format, percentile, crops, &cache, json),
         Command::Eval {
-            what: EvalCommand::Quality { on, images },
+            what:
+                EvalCommand::Quality {
+                    on,
+                    images,
+                    update_card,
+                },
         } => eval::Model::parse(&on.model, on.card).and_then(|m| {
             let r = eval::quality(&m, &on.data, &on.cache, images)?;
+            if update_card {
+                eval::set_recommended_threshold(&m, r.recommended_threshold as f32)?;
+            }
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }),
+        Command::Eval {
+            what: EvalCommand::Compare { on, reference },
+        } => eval::Model::parse(&on.model, on.card).and_then(|m| {
+            let r = eval::agreement(&m, &eval::Model::parse(&reference, None)?, &on.cache)?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }),
@@ -420,6 +498,17 @@ fn main() -> ExitCode {
                     worker,
                 },
         } => bench_step(batch, rounds, &threads, json, worker),
+        Command::Bench {
+            what:
+                BenchCommand::Embed {
+                    models,
+                    crops,
+                    batch,
+                    rounds,
+                    cache,
+                    json,
+                },
+        } => bench_embed(&models, crops, batch, rounds, &cache, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
