@@ -62,10 +62,6 @@ impl<'a> Rows<'a> {
     pub fn dim(&self) -> usize {
         self.dim
     }
-
-    fn row(&self, i: usize) -> &[f32] {
-        &self.data[i * self.dim..][..self.dim]
-    }
 }
 
 /// Two similar rows: `a` from the first matrix, `b` from the second (or the same one).
@@ -113,6 +109,17 @@ fn fast_dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// The portable tile product: `tile[i * nb + j] = a_i · b_j` for the
+/// row-major blocks `a` (`na x dim`) and `b` (`nb x dim`).
+pub fn dot_tile(a: &[f32], b: &[f32], dim: usize, tile: &mut [f32]) {
+    let nb = b.len() / dim;
+    for (i, ai) in a.chunks_exact(dim).enumerate() {
+        for (j, bj) in b.chunks_exact(dim).enumerate() {
+            tile[i * nb + j] = fast_dot(ai, bj);
+        }
+    }
+}
+
 /// Scans the rows `rows` of `a` against every row of `b` (or, with `b = None`,
 /// against the other rows of `a`) and calls `emit` for each similar pair.
 ///
@@ -125,6 +132,19 @@ pub fn scan(
     b: Option<&Rows>,
     rows: Range<usize>,
     config: &ScanConfig,
+    emit: &mut impl FnMut(Pair),
+) -> Result<()> {
+    scan_with(a, b, rows, config, &mut dot_tile, emit)
+}
+
+/// `scan` with the tile products computed by `tile` (same contract as
+/// `dot_tile`), so a host can plug in an optimised matrix multiply.
+pub fn scan_with(
+    a: &Rows,
+    b: Option<&Rows>,
+    rows: Range<usize>,
+    config: &ScanConfig,
+    tile_product: &mut impl FnMut(&[f32], &[f32], usize, &mut [f32]),
     emit: &mut impl FnMut(Pair),
 ) -> Result<()> {
     let within = b.is_none();
@@ -161,12 +181,12 @@ pub fn scan(
         while j0 < b.len() {
             let j1 = (j0 + block).min(b.len());
             let width = j1 - j0;
-            for i in i0..i1 {
-                let ai = a.row(i);
-                for j in j0..j1 {
-                    tile[(i - i0) * width + (j - j0)] = fast_dot(ai, b.row(j));
-                }
-            }
+            tile_product(
+                &a.data[i0 * a.dim..i1 * a.dim],
+                &b.data[j0 * b.dim..j1 * b.dim],
+                a.dim,
+                &mut tile[..(i1 - i0) * width],
+            );
             for i in i0..i1 {
                 for j in j0..j1 {
                     if within && (j == i || (upper_only && j < i)) {
@@ -212,8 +232,16 @@ fn keep_best(list: &mut Vec<Pair>, pair: Pair, k: usize) {
 pub fn find_pairs(a: &Rows, b: Option<&Rows>, config: &ScanConfig) -> Result<Vec<Pair>> {
     let mut pairs = Vec::new();
     scan(a, b, 0..a.len(), config, &mut |p| pairs.push(p))?;
-    if b.is_none() {
-        for p in &mut pairs {
+    canonical_order(&mut pairs, b.is_none());
+    Ok(pairs)
+}
+
+/// Sorts scanned pairs by `(a, b)` and drops repeats; `within` one head,
+/// each unordered pair is first written as `a < b` (with `top_k` a pair can
+/// come from both of its rows).
+pub fn canonical_order(pairs: &mut Vec<Pair>, within: bool) {
+    if within {
+        for p in pairs.iter_mut() {
             if p.a > p.b {
                 core::mem::swap(&mut p.a, &mut p.b);
             }
@@ -221,7 +249,6 @@ pub fn find_pairs(a: &Rows, b: Option<&Rows>, config: &ScanConfig) -> Result<Vec
     }
     pairs.sort_by_key(|p| (p.a, p.b));
     pairs.dedup_by_key(|p| (p.a, p.b));
-    Ok(pairs)
 }
 
 /// Disjoint sets over `0..n`, with path halving and union by size.

@@ -15,6 +15,7 @@ pub mod bench;
 pub mod conv;
 pub mod cpu;
 pub mod datasets;
+pub mod dedup;
 pub mod degrade;
 pub mod eval;
 pub mod export;

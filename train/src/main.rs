@@ -27,6 +27,9 @@ enum Command {
     /// Train the backbone (concat A-Softmax heads + distillation); resumes
     /// from the run folder's checkpoint.
     Train(TrainArgs),
+    /// Duplicate identities between two classifier heads (or within one)
+    /// from their weight rows: pairs.tsv, groups.tsv and a merged classmap.tsv.
+    Dedup(DedupArgs),
     /// Quantize an exported float model to int8 (per-channel weights,
     /// activation ranges calibrated on aligned training crops).
     Quantize {
@@ -136,6 +139,44 @@ struct TrainArgs {
     seed: u64,
 }
 
+#[derive(clap::Args, Debug)]
+struct DedupArgs {
+    /// First weight matrix: .npy, .safetensors, or a training run folder.
+    a: PathBuf,
+    /// Second weight matrix; without it, duplicates within the first.
+    b: Option<PathBuf>,
+    /// Tensor of the first file to use, when it holds several.
+    #[arg(long)]
+    tensor_a: Option<String>,
+    /// Tensor of the second file to use, when it holds several.
+    #[arg(long)]
+    tensor_b: Option<String>,
+    /// Class names of the first matrix, one per line.
+    #[arg(long)]
+    names_a: Option<PathBuf>,
+    /// Class names of the second matrix, one per line.
+    #[arg(long)]
+    names_b: Option<PathBuf>,
+    /// Cosine above which two rows are one identity.
+    #[arg(long, default_value_t = 0.5)]
+    threshold: f32,
+    /// Keep only each row's k most similar rows above the threshold.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Rows per block (one block x block tile per thread in memory).
+    #[arg(long, default_value_t = 256)]
+    block: usize,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Which model to evaluate, and on what.
 #[derive(clap::Args, Debug)]
 struct ModelArgs {
@@ -191,6 +232,25 @@ enum EvalCommand {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// Wall time and peak memory of dedup on random unit rows (e.g. the
+    /// seed's sizes: 8631 x 78892, or 78892 within one head; 512-d).
+    Dedup {
+        /// Rows of the first matrix.
+        #[arg(long)]
+        rows_a: usize,
+        /// Rows of the second matrix; without it, within the first.
+        #[arg(long)]
+        rows_b: Option<usize>,
+        /// Values per row.
+        #[arg(long, default_value_t = 512)]
+        dim: usize,
+        /// Threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Per-crop embedding time of model files with tract, side by side.
     Embed {
         /// The .onnx files (cards beside them); times are relative to the first.
@@ -363,6 +423,98 @@ fn export(run: &std::path::Path, out: &std::path::Path, cache: &std::path::Path,
     Ok(())
 }
 
+fn threads(requested: Option<usize>) -> usize {
+    requested.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// A progress bar over `rows` rows that a scan can advance from any thread.
+fn rows_bar(rows: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(rows as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} rows {elapsed} (eta {eta})")
+            .expect("a valid template"),
+    );
+    bar
+}
+
+fn dedup(args: DedupArgs) -> Result<()> {
+    use normgate_train::dedup::{dedup, load_matrix};
+    let a = load_matrix(&args.a, args.tensor_a.as_deref(), args.names_a.as_deref(), "a")?;
+    let b = match &args.b {
+        Some(path) => Some(load_matrix(
+            path,
+            args.tensor_b.as_deref(),
+            args.names_b.as_deref(),
+            "b",
+        )?),
+        None => None,
+    };
+    let config = normgate_core::dedup::ScanConfig {
+        threshold: args.threshold,
+        top_k: args.top_k,
+        block: args.block,
+    };
+    let bar = rows_bar(a.rows());
+    let r = dedup(&a, b.as_ref(), &config, threads(args.threads), &args.out, &|n| {
+        bar.inc(n as u64)
+    })?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{} pairs, {} groups, {} classes after merging ({:.1} s); {}/pairs.tsv, groups.tsv, classmap.tsv",
+            r.pairs,
+            r.groups,
+            r.merged_classes,
+            r.seconds,
+            args.out.display()
+        );
+    }
+    Ok(())
+}
+
+fn bench_dedup(
+    rows_a: usize,
+    rows_b: Option<usize>,
+    dim: usize,
+    threads_wanted: Option<usize>,
+    json: bool,
+) -> Result<()> {
+    use normgate_core::dedup::{Rows, ScanConfig};
+    use normgate_train::dedup::{find_pairs, peak_memory, random_rows};
+    let a = random_rows(rows_a, dim, 1);
+    let b = rows_b.map(|n| random_rows(n, dim, 2));
+    let ra = Rows::new(&a, dim)?;
+    let rb = match &b {
+        Some(b) => Some(Rows::new(b, dim)?),
+        None => None,
+    };
+    let threads = threads(threads_wanted);
+    let bar = rows_bar(rows_a);
+    let start = std::time::Instant::now();
+    let pairs = find_pairs(&ra, rb.as_ref(), &ScanConfig::default(), threads, &|n| {
+        bar.inc(n as u64)
+    })?;
+    let seconds = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let products = match rows_b {
+        Some(n) => rows_a as f64 * n as f64,
+        None => rows_a as f64 * (rows_a as f64 - 1.0) / 2.0,
+    };
+    let report = serde_json::json!({
+        "rows_a": rows_a, "rows_b": rows_b, "dim": dim, "threads": threads, "seconds": seconds,
+        "gflop_per_s": 2.0 * products * dim as f64 / seconds / 1e9,
+        "peak_memory_bytes": peak_memory(), "pairs_above_0.5": pairs.len(),
+    });
+    if json {
+        println!("{report}");
+    } else {
+        println!("{report:#}");
+    }
+    Ok(())
+}
+
 fn bench_embed(
     models: &[PathBuf],
     crops: usize,
@@ -440,6 +592,17 @@ fn main() -> ExitCode {
         Command::Prepare(args) => prepare_data(args),
         Command::Train(args) => train(args),
         Command::Export { run, out, cache, json } => export(&run, &out, &cache, json),
+        Command::Dedup(args) => dedup(args),
+        Command::Bench {
+            what:
+                BenchCommand::Dedup {
+                    rows_a,
+                    rows_b,
+                    dim,
+                    threads,
+                    json,
+                },
+        } => bench_dedup(rows_a, rows_b, dim, threads, json),
         Command::Quantize {
             model,
             out,
