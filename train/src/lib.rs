@@ -23,6 +23,7 @@ pub mod gemm;
 pub mod heads;
 pub mod im2col;
 pub mod prepare;
+pub mod pseudo;
 pub mod quality;
 pub mod quantize;
 #[cfg(test)]

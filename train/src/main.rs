@@ -27,6 +27,21 @@ enum Command {
     /// Train the backbone (concat A-Softmax heads + distillation); resumes
     /// from the run folder's checkpoint.
     Train(TrainArgs),
+    /// Pseudo-labels for the detector: the teacher detector's faces on every
+    /// LFW and CelebA image, with a validation split by identity.
+    PseudoLabel {
+        #[command(flatten)]
+        teacher: TeacherArgs,
+        /// Threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Label only the first N images (a quick check; write to another --out).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Duplicate identities between two classifier heads (or within one)
     /// from their weight rows: pairs.tsv, groups.tsv and a merged classmap.tsv.
     Dedup(DedupArgs),
@@ -83,8 +98,9 @@ enum Command {
     },
 }
 
+/// The shared data, the teacher models and their cards, and where caches go.
 #[derive(clap::Args, Debug)]
-struct PrepareArgs {
+struct TeacherArgs {
     /// The shared data folder (glint24, celeba_wild, lfw).
     #[arg(long, default_value = "../shared/data")]
     data: PathBuf,
@@ -97,6 +113,22 @@ struct PrepareArgs {
     /// Where the caches go.
     #[arg(long, default_value = "cache")]
     out: PathBuf,
+}
+
+impl TeacherArgs {
+    /// The teacher detector's model and card.
+    fn detector(&self) -> (PathBuf, PathBuf) {
+        (
+            self.models.join("retinaface_mnet025_opset13.onnx"),
+            self.cards.join("retinaface_mnet025.toml"),
+        )
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct PrepareArgs {
+    #[command(flatten)]
+    teacher: TeacherArgs,
     /// Rebuild caches that exist.
     #[arg(long)]
     force: bool,
@@ -338,27 +370,22 @@ fn bench_step(batch: usize, rounds: usize, threads: &[usize], json: bool, worker
 
 fn prepare_data(args: PrepareArgs) -> Result<()> {
     let PrepareArgs {
-        data,
-        models,
-        cards,
-        out,
+        teacher,
         force,
         seed,
         limit,
         json,
     } = args;
     let inputs = prepare::Inputs {
-        data,
-        limit,
-        detector: (
-            models.join("retinaface_mnet025_opset13.onnx"),
-            cards.join("retinaface_mnet025.toml"),
-        ),
+        detector: teacher.detector(),
         embedder: (
-            models.join("mobilefacenet_foamliu_fp32.onnx"),
-            cards.join("mobilefacenet.toml"),
+            teacher.models.join("mobilefacenet_foamliu_fp32.onnx"),
+            teacher.cards.join("mobilefacenet.toml"),
         ),
+        data: teacher.data,
+        limit,
     };
+    let out = teacher.out;
     let start = std::time::Instant::now();
     let caches = prepare::run(&inputs, &out, force, seed)?;
     let seconds = start.elapsed().as_secs_f64();
@@ -593,6 +620,38 @@ fn main() -> ExitCode {
         Command::Train(args) => train(args),
         Command::Export { run, out, cache, json } => export(&run, &out, &cache, json),
         Command::Dedup(args) => dedup(args),
+        Command::PseudoLabel {
+            teacher,
+            threads: wanted,
+            limit,
+            json,
+        } => (|| {
+            let (model, card) = teacher.detector();
+            let detector = normgate::detector::Detector::load(&model, &card)?;
+            let (data, out) = (&teacher.data, &teacher.out);
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{pos} images {elapsed} {per_sec}").expect("a valid template"),
+            );
+            let r = normgate_train::pseudo::run(data, &detector, out, threads(wanted), limit, &|| bar.inc(1))?;
+            bar.finish_and_clear();
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} images ({} validation), {} faces, {} without a face, {} unreadable, {:.0} s: {}/{}",
+                    r.images,
+                    r.validation_images,
+                    r.faces,
+                    r.without_face,
+                    r.unreadable,
+                    r.seconds,
+                    out.display(),
+                    normgate_train::pseudo::FILE
+                );
+            }
+            Ok(())
+        })(),
         Command::Bench {
             what:
                 BenchCommand::Dedup {
