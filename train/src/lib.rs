@@ -10,6 +10,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod activation;
+pub mod anchors;
 pub mod backbone;
 pub mod bench;
 pub mod conv;
