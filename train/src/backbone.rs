@@ -91,7 +91,7 @@ impl BackboneConfig {
 }
 
 /// A 3x3 convolution with bias and PReLU.
-struct ConvUnit {
+pub(crate) struct ConvUnit {
     weight: Tensor,
     bias: Tensor,
     slope: Tensor,
@@ -99,7 +99,7 @@ struct ConvUnit {
 }
 
 impl ConvUnit {
-    fn new(c_in: usize, c_out: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn new(c_in: usize, c_out: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
         // He initialisation for PReLU with slope 0.25.
         let std = (2.0 / (9.0 * c_in as f64 * (1.0 + 0.25 * 0.25))).sqrt();
         let weight = vb.get_with_hints((c_out, c_in, 3, 3), "weight", Init::Randn { mean: 0.0, stdev: std })?;
@@ -113,7 +113,7 @@ impl ConvUnit {
         })
     }
 
-    fn forward(&self, x: &Tensor, conv: ConvImpl) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, conv: ConvImpl) -> Result<Tensor> {
         match conv {
             ConvImpl::Fast => bias_prelu(&conv2d(x, &self.weight, self.params)?, &self.bias, &self.slope),
             ConvImpl::Builtin => {

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use candle_nn::VarMap;
-use normgate::card::{ChannelOrder, EmbedderCard, ModelCard};
+use normgate::card::{ChannelOrder, DetectorCard, EmbedderCard, ModelCard};
 use prost::Message;
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
@@ -86,19 +86,36 @@ impl Builder<'_> {
         Ok(name.into())
     }
 
-    /// 3x3 convolution with bias, then PReLU.
-    fn unit(&mut self, prefix: &str, x: &str, stride: i64) -> Result<String> {
+    /// 3x3 convolution with bias, padding 1.
+    fn conv(&mut self, prefix: &str, x: &str, stride: i64) -> Result<String> {
         let w = self.weight(&format!("{prefix}.weight"), None)?;
         let b = self.weight(&format!("{prefix}.bias"), None)?;
-        let channels = self.weights[&b].1.len();
-        let slope = self.weight(&format!("{prefix}.prelu.weight"), Some(vec![channels, 1, 1]))?;
         let attrs = vec![
             ints("kernel_shape", &[3, 3]),
             ints("pads", &[1, 1, 1, 1]),
             ints("strides", &[stride, stride]),
         ];
-        let y = self.node("Conv", &[x, &w, &b], attrs, None);
+        Ok(self.node("Conv", &[x, &w, &b], attrs, None))
+    }
+
+    /// 3x3 convolution with bias, then PReLU.
+    fn unit(&mut self, prefix: &str, x: &str, stride: i64) -> Result<String> {
+        let y = self.conv(prefix, x, stride)?;
+        let channels = self.weights[&format!("{prefix}.bias")].1.len();
+        let slope = self.weight(&format!("{prefix}.prelu.weight"), Some(vec![channels, 1, 1]))?;
         Ok(self.node("PRelu", &[&y, &slope], vec![], None))
+    }
+
+    /// An int64 constant (e.g. a shape for Reshape); returns its name.
+    fn int64s(&mut self, name: &str, values: &[i64]) -> String {
+        self.initializers.push(TensorProto {
+            name: name.into(),
+            dims: vec![values.len() as i64],
+            data_type: DataType::Int64 as i32,
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        });
+        name.into()
     }
 }
 
@@ -162,7 +179,14 @@ pub fn backbone_model(
     let (w, bias) = (b.weight("fc5.weight", None)?, b.weight("fc5.bias", None)?);
     b.node("Gemm", &[&flat, &w, &bias], vec![int("transB", 1)], Some(OUTPUT));
     let (h, w) = (config.height as i64, config.width as i64);
-    Ok(ModelProto {
+    let input = value_info(INPUT, &[None, Some(3), Some(h), Some(w)]);
+    let output = value_info(OUTPUT, &[None, Some(config.feature_dim as i64)]);
+    Ok(model_proto("normgate-backbone", b, input, vec![output]))
+}
+
+/// Shared header of an exported graph.
+fn model_proto(name: &str, b: Builder, input: ValueInfoProto, output: Vec<ValueInfoProto>) -> ModelProto {
+    ModelProto {
         ir_version: 8,
         opset_import: vec![OperatorSetIdProto {
             domain: String::new(),
@@ -171,33 +195,103 @@ pub fn backbone_model(
         producer_name: "normgate-train".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         graph: Some(GraphProto {
-            name: "normgate-backbone".into(),
+            name: name.into(),
             node: b.nodes,
             initializer: b.initializers,
-            input: vec![value_info(INPUT, &[None, Some(3), Some(h), Some(w)])],
-            output: vec![value_info(OUTPUT, &[None, Some(config.feature_dim as i64)])],
+            input: vec![input],
+            output,
             ..Default::default()
         }),
         ..Default::default()
-    })
+    }
 }
 
-/// The card of an exported backbone (112x96 SphereFace crops, (x - 127.5) / 128, RGB).
-pub fn backbone_card(config: &BackboneConfig, recommended_threshold: Option<f32>) -> ModelCard {
+/// The ONNX model of a face detector with these weights (names as
+/// `FaceNet` creates them), batch 1, outputs `loc`, `conf` (softmaxed) and
+/// `landmarks` in RetinaFace's layout.
+pub fn detector_model(config: &crate::facenet::DetectorConfig, weights: &Weights) -> Result<ModelProto> {
+    let mut b = Builder {
+        weights,
+        nodes: Vec::new(),
+        initializers: Vec::new(),
+        count: 0,
+    };
+    let mut x = INPUT.to_string();
+    let mut levels = Vec::new();
+    for i in 0..config.widths.len() {
+        x = b.unit(&format!("down{i}"), &x, 2)?;
+        if i >= 2 {
+            levels.push(x.clone());
+        }
+    }
+    let mut outputs = Vec::new();
+    for (name, per_anchor) in crate::facenet::HEADS {
+        let shape = b.int64s(&format!("{name}_shape"), &[1, -1, per_anchor as i64]);
+        let parts: Vec<String> = levels
+            .iter()
+            .enumerate()
+            .map(|(level, feature)| {
+                let y = b.conv(&format!("level{level}.{name}"), feature, 1)?;
+                let t = b.node("Transpose", &[&y], vec![ints("perm", &[0, 2, 3, 1])], None);
+                Ok(b.node("Reshape", &[&t, &shape], vec![], None))
+            })
+            .collect::<Result<_>>()?;
+        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let joined = if name == "conf" {
+            let logits = b.node("Concat", &refs, vec![int("axis", 1)], None);
+            b.node("Softmax", &[&logits], vec![int("axis", -1)], Some(name))
+        } else {
+            b.node("Concat", &refs, vec![int("axis", 1)], Some(name))
+        };
+        let anchors = config.total_anchors() as i64;
+        outputs.push(value_info(&joined, &[Some(1), Some(anchors), Some(per_anchor as i64)]));
+    }
+    let side = config.input as i64;
+    let input = value_info(INPUT, &[Some(1), Some(3), Some(side), Some(side)]);
+    Ok(model_proto("normgate-detector", b, input, outputs))
+}
+
+/// A card for RGB input normalised as `(x - 127.5) / 128`, with neither kind's section yet.
+fn rgb_card(width: usize, height: usize, batch: usize) -> ModelCard {
     ModelCard {
         input: INPUT.into(),
-        width: config.width as u32,
-        height: config.height as u32,
-        batch: 0,
+        width: width as u32,
+        height: height as u32,
+        batch,
         channels: ChannelOrder::Rgb,
         mean: [127.5; 3],
         std: [128.0; 3],
+        embedder: None,
+        detector: None,
+    }
+}
+
+/// The card of an exported detector (square input, batch 1, anchors of
+/// `anchor_sizes` per level at strides 8, 16, 32).
+pub fn detector_card(config: &crate::facenet::DetectorConfig, anchor_sizes: Vec<Vec<f32>>) -> ModelCard {
+    ModelCard {
+        detector: Some(DetectorCard {
+            layout: "retinaface".into(),
+            loc: "loc".into(),
+            scores: "conf".into(),
+            landmarks: "landmarks".into(),
+            strides: vec![8, 16, 32],
+            anchor_sizes,
+            variance: [0.1, 0.2],
+        }),
+        ..rgb_card(config.input, config.input, 1)
+    }
+}
+
+/// The card of an exported backbone (112x96 SphereFace crops, free batch).
+pub fn backbone_card(config: &BackboneConfig, recommended_threshold: Option<f32>) -> ModelCard {
+    ModelCard {
         embedder: Some(EmbedderCard {
             output: OUTPUT.into(),
             template: "sphereface_112x96".into(),
             recommended_threshold,
         }),
-        detector: None,
+        ..rgb_card(config.width, config.height, 0)
     }
 }
 
@@ -268,6 +362,38 @@ mod tests {
     use crate::vars::SeededVars;
     use candle_core::{Device, Tensor};
     use normgate::embedder::Embedder;
+
+    #[test]
+    fn tract_runs_the_exported_detector_like_candle() {
+        use crate::facenet::FaceNet;
+        let config = crate::testing::tiny_detector();
+        let map = VarMap::new();
+        let net = FaceNet::new(config, SeededVars::builder(&map, 4, &Device::Cpu).pp("detector")).unwrap();
+        let path = std::env::temp_dir().join(format!("normgate-export-det-{}/det.onnx", std::process::id()));
+        let model = detector_model(&config, &collect_weights(&map, "detector").unwrap()).unwrap();
+        let sizes = vec![vec![8.0, 16.0], vec![32.0, 48.0], vec![64.0, 96.0]];
+        write(&model, &detector_card(&config, sizes), &path).unwrap();
+        let card = ModelCard::load(&ModelCard::path_for(&path)).unwrap();
+        let network = normgate::runtime::Network::load(&path, &card, 1, &["loc", "conf", "landmarks"]).unwrap();
+        let image = image::RgbImage::from_fn(64, 64, |x, y| {
+            image::Rgb([(x * 4) as u8, (y * 4) as u8, ((x + y) * 2) as u8])
+        });
+        let input = card.input_tensor(&image);
+        let tract = network.run(std::slice::from_ref(&input)).unwrap();
+        let x = Tensor::from_vec(input, (1, 3, 64, 64), &Device::Cpu).unwrap();
+        let [loc, conf, ldm] = net.forward(&x).unwrap();
+        let conf = FaceNet::probabilities(&conf).unwrap();
+        for (t, c) in tract.iter().zip([loc, conf, ldm]) {
+            let c = c.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(t.len(), c.len());
+            let scale = c.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let diff = t.iter().zip(&c).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(diff <= 1e-4 * scale.max(1e-6), "max difference {diff} at scale {scale}");
+        }
+        // The device's detector loads it with its card.
+        assert!(normgate::detector::Detector::load(&path, &ModelCard::path_for(&path)).is_ok());
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
 
     #[test]
     fn tract_runs_the_exported_graph_like_candle() {

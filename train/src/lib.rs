@@ -20,6 +20,7 @@ pub mod dedup;
 pub mod degrade;
 pub mod eval;
 pub mod export;
+pub mod facenet;
 pub mod gemm;
 pub mod heads;
 pub mod im2col;

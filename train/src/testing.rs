@@ -25,3 +25,12 @@ pub fn tiny_backbone(widths: [usize; 3], units: [usize; 3], feature_dim: usize) 
         feature_dim,
     }
 }
+
+/// A detector small enough for unit tests: 64x64 input, two anchors per cell.
+pub fn tiny_detector() -> crate::facenet::DetectorConfig {
+    crate::facenet::DetectorConfig {
+        input: 64,
+        widths: [4, 6, 8, 8, 8],
+        anchors: 2,
+    }
+}

@@ -1,0 +1,158 @@
+//! The project's face detector network: a small stride-2 conv stack with
+//! PReLU (the backbone's `ConvUnit`s) and, at strides 8, 16 and 32, three 3x3
+//! heads per level in RetinaFace's layout (box, score, five landmarks for
+//! `anchors` square anchors per cell), so the device decodes it with the
+//! same code as the teacher. Outputs: `[B, A, 4]`, `[B, A, 2]` (logits; the
+//! exported graph applies the softmax) and `[B, A, 10]`, anchors ordered like
+//! `normgate::detector::priors`.
+
+use candle_core::{Result, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+use crate::backbone::{ConvImpl, ConvUnit};
+use crate::conv::{conv2d, ConvParams};
+
+/// Depth and width of the detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DetectorConfig {
+    /// Square input side, a multiple of 32.
+    pub input: usize,
+    /// Channels of the stride-2, -4, -8, -16 and -32 layers.
+    pub widths: [usize; 5],
+    /// Anchors per cell (one per anchor size of the level).
+    pub anchors: usize,
+}
+
+impl DetectorConfig {
+    /// Anchors over all three levels.
+    pub fn total_anchors(&self) -> usize {
+        [8, 16, 32].iter().map(|s| (self.input / s).pow(2) * self.anchors).sum()
+    }
+}
+
+/// Values per anchor of the three heads.
+pub const HEADS: [(&str, usize); 3] = [("loc", 4), ("conf", 2), ("landmarks", 10)];
+
+/// A 3x3 convolution with bias and no activation (a head).
+struct Head {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Head {
+    fn new(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Self> {
+        let std = (1.0 / (9.0 * c_in as f64)).sqrt();
+        Ok(Self {
+            weight: vb.get_with_hints((c_out, c_in, 3, 3), "weight", Init::Randn { mean: 0.0, stdev: std })?,
+            bias: vb.get_with_hints(c_out, "bias", Init::Const(0.0))?,
+        })
+    }
+
+    /// `[B, C, H, W]` -> `[B, H * W * anchors, per_anchor]`, cells row by row.
+    fn forward(&self, x: &Tensor, per_anchor: usize) -> Result<Tensor> {
+        let y = conv2d(x, &self.weight, ConvParams { stride: 1, pad: 1 })?.broadcast_add(&self.bias.reshape((
+            1,
+            (),
+            1,
+            1,
+        ))?)?;
+        let b = y.dim(0)?;
+        y.permute((0, 2, 3, 1))?.contiguous()?.reshape((b, (), per_anchor))
+    }
+}
+
+/// The detector network.
+pub struct FaceNet {
+    config: DetectorConfig,
+    layers: Vec<ConvUnit>,
+    /// Per level, the loc, conf and landmark heads.
+    heads: Vec<[Head; 3]>,
+}
+
+impl FaceNet {
+    /// Builds (or loads, through `vb`) the network.
+    pub fn new(config: DetectorConfig, vb: VarBuilder) -> Result<Self> {
+        let mut layers = Vec::new();
+        let mut c = 3;
+        for (i, &w) in config.widths.iter().enumerate() {
+            layers.push(ConvUnit::new(c, w, 2, vb.pp(format!("down{i}")))?);
+            c = w;
+        }
+        let heads = (0..3)
+            .map(|level| {
+                let c_in = config.widths[2 + level];
+                let vl = vb.pp(format!("level{level}"));
+                Ok([
+                    Head::new(c_in, config.anchors * 4, vl.pp("loc"))?,
+                    Head::new(c_in, config.anchors * 2, vl.pp("conf"))?,
+                    Head::new(c_in, config.anchors * 10, vl.pp("landmarks"))?,
+                ])
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { config, layers, heads })
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &DetectorConfig {
+        &self.config
+    }
+
+    /// Box regressions, score logits and landmark regressions of every anchor.
+    pub fn forward(&self, x: &Tensor) -> Result<[Tensor; 3]> {
+        let mut x = x.clone();
+        let mut levels = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, ConvImpl::Fast)?;
+            if i >= 2 {
+                levels.push(x.clone());
+            }
+        }
+        let mut outputs: [Vec<Tensor>; 3] = Default::default();
+        for (feature, heads) in levels.iter().zip(&self.heads) {
+            for (k, (head, (_, per_anchor))) in heads.iter().zip(HEADS).enumerate() {
+                outputs[k].push(head.forward(feature, per_anchor)?);
+            }
+        }
+        let [loc, conf, landmarks] = outputs;
+        Ok([
+            Tensor::cat(&loc, 1)?,
+            Tensor::cat(&conf, 1)?,
+            Tensor::cat(&landmarks, 1)?,
+        ])
+    }
+
+    /// Face probabilities `[B, A, 2]` from the score logits, as the exported graph gives them.
+    pub fn probabilities(conf: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::softmax(conf, D::Minus1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vars::SeededVars;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    #[test]
+    fn outputs_have_one_row_per_prior() {
+        let config = crate::testing::tiny_detector();
+        let net = FaceNet::new(config, SeededVars::builder(&VarMap::new(), 1, &Device::Cpu)).unwrap();
+        let x = Tensor::zeros((2, 3, 64, 64), DType::F32, &Device::Cpu).unwrap();
+        let [loc, conf, ldm] = net.forward(&x).unwrap();
+        let priors =
+            normgate::detector::priors(64, &[8, 16, 32], &[vec![8.0, 16.0], vec![32.0, 48.0], vec![64.0, 96.0]]);
+        assert_eq!(config.total_anchors(), priors.len());
+        assert_eq!(loc.dims(), [2, priors.len(), 4]);
+        assert_eq!(conf.dims(), [2, priors.len(), 2]);
+        assert_eq!(ldm.dims(), [2, priors.len(), 10]);
+        let p = FaceNet::probabilities(&conf).unwrap().sum(D::Minus1).unwrap();
+        assert!(p
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .all(|v| (v - 1.0).abs() < 1e-5));
+    }
+}
