@@ -109,23 +109,8 @@ pub fn encode(face: &Face, prior: &[f32; 4], variance: [f32; 2]) -> ([f32; 4], [
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::synthetic_face as face;
     use normgate::detector::{decode, priors};
-
-    fn face(bbox: [f32; 4]) -> Face {
-        let [x1, y1, x2, y2] = bbox;
-        let (w, h) = (x2 - x1, y2 - y1);
-        Face {
-            bbox,
-            score: 1.0,
-            landmarks: [
-                [x1 + 0.3 * w, y1 + 0.4 * h],
-                [x1 + 0.7 * w, y1 + 0.4 * h],
-                [x1 + 0.5 * w, y1 + 0.6 * h],
-                [x1 + 0.35 * w, y1 + 0.8 * h],
-                [x1 + 0.65 * w, y1 + 0.8 * h],
-            ],
-        }
-    }
 
     #[test]
     fn the_device_decoder_inverts_the_encoding() {

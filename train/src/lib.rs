@@ -18,6 +18,7 @@ pub mod cpu;
 pub mod datasets;
 pub mod dedup;
 pub mod degrade;
+pub mod detection_loss;
 pub mod eval;
 pub mod export;
 pub mod facenet;

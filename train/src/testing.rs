@@ -34,3 +34,20 @@ pub fn tiny_detector() -> crate::facenet::DetectorConfig {
         anchors: 2,
     }
 }
+
+/// A face box with plausible landmarks inside it (eyes, nose, mouth corners).
+pub fn synthetic_face(bbox: [f32; 4]) -> normgate::detector::Face {
+    let [x1, y1, x2, y2] = bbox;
+    let (w, h) = (x2 - x1, y2 - y1);
+    normgate::detector::Face {
+        bbox,
+        score: 1.0,
+        landmarks: [
+            [x1 + 0.3 * w, y1 + 0.4 * h],
+            [x1 + 0.7 * w, y1 + 0.4 * h],
+            [x1 + 0.5 * w, y1 + 0.6 * h],
+            [x1 + 0.35 * w, y1 + 0.8 * h],
+            [x1 + 0.65 * w, y1 + 0.8 * h],
+        ],
+    }
+}
