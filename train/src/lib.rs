@@ -19,6 +19,7 @@ pub mod datasets;
 pub mod dedup;
 pub mod degrade;
 pub mod detection_loss;
+pub mod detector_data;
 pub mod eval;
 pub mod export;
 pub mod facenet;

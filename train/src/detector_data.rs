@@ -1,0 +1,127 @@
+//! Training samples for the detector: an image scaled by a random factor,
+//! placed at a random position on a square canvas of the network's input
+//! size (the rest filled with the normalisation mean, as the device pads),
+//! and mirrored half of the time, with its faces moved to match (a mirrored
+//! face swaps its left and right landmarks).
+
+use image::imageops::{flip_horizontal, replace, resize, FilterType};
+use image::{Rgb, RgbImage};
+use normgate::detector::Face;
+use rand::Rng;
+
+/// The grey the device pads frames with, `(127.5 - 127.5) / 128 = 0` after normalisation.
+const PAD: Rgb<u8> = Rgb([128, 128, 128]);
+
+/// Range of the image's longer side on the canvas, as a share of the canvas side.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Augment {
+    /// Smallest share.
+    pub min_scale: f32,
+    /// Largest share.
+    pub max_scale: f32,
+    /// Whether to mirror half of the samples.
+    pub flip: bool,
+}
+
+impl Default for Augment {
+    fn default() -> Self {
+        Self {
+            min_scale: 0.25,
+            max_scale: 1.0,
+            flip: true,
+        }
+    }
+}
+
+/// Mirrors a face in an image of width `width`.
+pub fn mirror(face: &Face, width: f32) -> Face {
+    let [x1, y1, x2, y2] = face.bbox;
+    let m = |[x, y]: [f32; 2]| [width - x, y];
+    let l = face.landmarks;
+    Face {
+        bbox: [width - x2, y1, width - x1, y2],
+        score: face.score,
+        // Left eye <-> right eye, nose stays, left mouth <-> right mouth.
+        landmarks: [m(l[1]), m(l[0]), m(l[2]), m(l[4]), m(l[3])],
+    }
+}
+
+/// One augmented sample of `image` with `faces` on a `side x side` canvas.
+pub fn sample(
+    image: &RgbImage,
+    faces: &[Face],
+    side: u32,
+    augment: Augment,
+    rng: &mut impl Rng,
+) -> (RgbImage, Vec<Face>) {
+    let (w, h) = image.dimensions();
+    let longer = w.max(h) as f32;
+    let share = rng.random_range(augment.min_scale..=augment.max_scale);
+    let scale = share * side as f32 / longer;
+    let (nw, nh) = (
+        ((w as f32 * scale).round() as u32).clamp(1, side),
+        ((h as f32 * scale).round() as u32).clamp(1, side),
+    );
+    let mut scaled = resize(image, nw, nh, FilterType::Triangle);
+    let mut moved: Vec<Face> = faces.to_vec();
+    if augment.flip && rng.random_bool(0.5) {
+        scaled = flip_horizontal(&scaled);
+        moved = moved.iter().map(|f| mirror(f, w as f32)).collect();
+    }
+    let (ox, oy) = (rng.random_range(0..=side - nw), rng.random_range(0..=side - nh));
+    let mut canvas = RgbImage::from_pixel(side, side, PAD);
+    replace(&mut canvas, &scaled, i64::from(ox), i64::from(oy));
+    let (sx, sy) = (nw as f32 / w as f32, nh as f32 / h as f32);
+    let place = |[x, y]: [f32; 2]| [x * sx + ox as f32, y * sy + oy as f32];
+    let placed = moved
+        .iter()
+        .map(|f| {
+            let [a, b] = [place([f.bbox[0], f.bbox[1]]), place([f.bbox[2], f.bbox[3]])];
+            Face {
+                bbox: [a[0], a[1], b[0], b[1]],
+                score: f.score,
+                landmarks: f.landmarks.map(place),
+            }
+        })
+        .collect();
+    (canvas, placed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::synthetic_face;
+    use rand::SeedableRng;
+
+    #[test]
+    fn mirroring_twice_is_the_identity_and_keeps_left_left() {
+        let f = synthetic_face([10.0, 20.0, 50.0, 70.0]);
+        let m = mirror(&f, 100.0);
+        assert_eq!(m.bbox, [50.0, 20.0, 90.0, 70.0]);
+        // The subject's left eye is still on the image's left after mirroring.
+        assert!(m.landmarks[0][0] < m.landmarks[1][0] && m.landmarks[3][0] < m.landmarks[4][0]);
+        assert_eq!(mirror(&m, 100.0), f);
+    }
+
+    #[test]
+    fn faces_follow_their_pixels_onto_the_canvas() {
+        // A white square "face" on black; after any augmentation its box still covers white pixels.
+        let mut image = RgbImage::new(200, 100);
+        for y in 30..70 {
+            for x in 120..160 {
+                image.put_pixel(x, y, Rgb([255, 255, 255]));
+            }
+        }
+        let face = synthetic_face([120.0, 30.0, 160.0, 70.0]);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for _ in 0..20 {
+            let (canvas, faces) = sample(&image, &[face], 128, Augment::default(), &mut rng);
+            assert_eq!(canvas.dimensions(), (128, 128));
+            let [x1, y1, x2, y2] = faces[0].bbox;
+            assert!(x1 >= 0.0 && y1 >= 0.0 && x2 <= 128.0 && y2 <= 128.0, "{faces:?}");
+            let centre = canvas.get_pixel(((x1 + x2) / 2.0) as u32, ((y1 + y2) / 2.0) as u32);
+            assert!(centre.0[0] > 200, "box centre falls on {centre:?}: {faces:?}");
+            assert!(faces[0].landmarks[0][0] < faces[0].landmarks[1][0]);
+        }
+    }
+}
