@@ -101,19 +101,18 @@ impl Loaded {
                 let t = embedder.template();
                 let crops: Vec<RgbImage> = (0..n)
                     .map(|i| {
-                        let c = cache.crop(i);
-                        let c = if mirror {
+                        // The cache holds crops on the ArcFace template; the
+                        // SphereFace one is their middle 96 columns.
+                        let c = match (t.width, t.height) {
+                            (112, 112) => cache.crop(i),
+                            (96, 112) => cache.sphereface_crop(i),
+                            (w, h) => bail!("no cached crops for a {w}x{h} template"),
+                        };
+                        Ok(if mirror {
                             image::imageops::flip_horizontal(&c)
                         } else {
                             c
-                        };
-                        // The cache holds 112x112 crops on the ArcFace template; the
-                        // SphereFace template is its middle 96 columns.
-                        match (t.width, t.height) {
-                            (112, 112) => Ok(c),
-                            (96, 112) => Ok(image::imageops::crop_imm(&c, 8, 0, 96, 112).to_image()),
-                            (w, h) => bail!("no cached crops for a {w}x{h} template"),
-                        }
+                        })
                     })
                     .collect::<Result<_>>()?;
                 let mut out = Vec::with_capacity(n);
@@ -289,12 +288,7 @@ pub fn quality(model: &Model, data: &Path, cache_dir: &Path, degraded_images: us
     let edc = edc(&lfw.pairs, &pair_min(&norms), &pair_min(&blur));
 
     let glint = Cache::load(cache_dir, "glint24")?;
-    let step = (glint.len() / degraded_images.max(1)).max(1);
-    let clean: Vec<RgbImage> = (0..glint.len())
-        .step_by(step)
-        .take(degraded_images)
-        .map(|i| glint.crop(i))
-        .collect();
+    let clean: Vec<RgbImage> = glint.spread(degraded_images).map(|i| glint.crop(i)).collect();
     let clean_norms: Vec<f64> = model
         .features(&crops_cache(&clean), false)?
         .iter()

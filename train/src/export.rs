@@ -330,9 +330,7 @@ pub fn export_run(run: &Path, path: &Path, cache: &crate::prepare::Cache, n: usi
     )?;
     let embedder = normgate::embedder::Embedder::load(path, &ModelCard::path_for(path), 16)?;
     let n = n.min(cache.len());
-    let crops: Vec<image::RgbImage> = (0..n)
-        .map(|i| image::imageops::crop_imm(&cache.crop(i), 8, 0, 96, 112).to_image())
-        .collect();
+    let crops: Vec<image::RgbImage> = (0..n).map(|i| cache.sphereface_crop(i)).collect();
     let tract = embedder.embed(&crops)?;
     let input: Vec<f32> = (0..n)
         .flat_map(|i| crate::train::student_input(cache, i, false))

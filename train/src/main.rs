@@ -436,32 +436,29 @@ fn export(run: &std::path::Path, out: &std::path::Path, cache: &std::path::Path,
             out.display()
         );
     }
-    if json {
-        println!("{}", serde_json::to_string(&check)?);
-    } else {
-        println!(
+    print_report(json, &check, |c| {
+        format!(
             "{}: tract vs candle on {} crops: max |diff| {:.2e}, relative {:.2e}",
             out.display(),
-            check.crops,
-            check.max_abs_diff,
-            check.max_rel_diff
-        );
-    }
-    Ok(())
+            c.crops,
+            c.max_abs_diff,
+            c.max_rel_diff
+        )
+    })
 }
 
 fn threads(requested: Option<usize>) -> usize {
     requested.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// A progress bar over `rows` rows that a scan can advance from any thread.
-fn rows_bar(rows: usize) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(rows as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} rows {elapsed} (eta {eta})")
-            .expect("a valid template"),
-    );
-    bar
+/// Prints a command's report: one JSON object with `--json`, else `text`.
+fn print_report<T: serde::Serialize>(json: bool, report: &T, text: impl FnOnce(&T) -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        println!("{}", text(report));
+    }
+    Ok(())
 }
 
 fn dedup(args: DedupArgs) -> Result<()> {
@@ -481,24 +478,21 @@ fn dedup(args: DedupArgs) -> Result<()> {
         top_k: args.top_k,
         block: args.block,
     };
-    let bar = rows_bar(a.rows());
+    let bar = prepare::progress(a.rows(), "rows");
     let r = dedup(&a, b.as_ref(), &config, threads(args.threads), &args.out, &|n| {
         bar.inc(n as u64)
     })?;
     bar.finish_and_clear();
-    if args.json {
-        println!("{}", serde_json::to_string(&r)?);
-    } else {
-        println!(
+    print_report(args.json, &r, |r| {
+        format!(
             "{} pairs, {} groups, {} classes after merging ({:.1} s); {}/pairs.tsv, groups.tsv, classmap.tsv",
             r.pairs,
             r.groups,
             r.merged_classes,
             r.seconds,
             args.out.display()
-        );
-    }
-    Ok(())
+        )
+    })
 }
 
 fn bench_dedup(
@@ -518,7 +512,7 @@ fn bench_dedup(
         None => None,
     };
     let threads = threads(threads_wanted);
-    let bar = rows_bar(rows_a);
+    let bar = prepare::progress(rows_a, "rows");
     let start = std::time::Instant::now();
     let pairs = find_pairs(&ra, rb.as_ref(), &ScanConfig::default(), threads, &|n| {
         bar.inc(n as u64)
@@ -568,16 +562,10 @@ fn bench_embed(
     Ok(())
 }
 
-/// `n` aligned 112x96 crops spread evenly over the Glint24 training cache
-/// (the cache holds 112x112 crops; the backbone sees their central 96 columns).
+/// `n` aligned 112x96 crops spread evenly over the Glint24 training cache.
 fn training_crops(cache: &std::path::Path, n: usize) -> Result<Vec<image::RgbImage>> {
     let glint = prepare::Cache::load(cache, "glint24")?;
-    let step = (glint.len() / n.max(1)).max(1);
-    Ok((0..glint.len())
-        .step_by(step)
-        .take(n)
-        .map(|i| image::imageops::crop_imm(&glint.crop(i), 8, 0, 96, 112).to_image())
-        .collect())
+    Ok(glint.spread(n).map(|i| glint.sphereface_crop(i)).collect())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -597,10 +585,8 @@ fn quantize(
         Some(p) => anyhow::bail!("--percentile {p}: give a value in (50, 100], e.g. 99.99"),
     };
     let r = quantize_file(model, out, format, method, &training_crops(cache, crops)?)?;
-    if json {
-        println!("{}", serde_json::to_string(&r)?);
-    } else {
-        println!(
+    print_report(json, &r, |r| {
+        format!(
             "{}: {:?}, {} on {} crops, {} -> {} bytes",
             out.display(),
             r.format,
@@ -608,9 +594,8 @@ fn quantize(
             r.calibration_crops,
             r.float_bytes,
             r.int8_bytes
-        );
-    }
-    Ok(())
+        )
+    })
 }
 
 fn main() -> ExitCode {
@@ -635,10 +620,8 @@ fn main() -> ExitCode {
             );
             let r = normgate_train::pseudo::run(data, &detector, out, threads(wanted), limit, &|| bar.inc(1))?;
             bar.finish_and_clear();
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                println!(
+            print_report(json, &r, |r| {
+                format!(
                     "{} images ({} validation), {} faces, {} without a face, {} unreadable, {:.0} s: {}/{}",
                     r.images,
                     r.validation_images,
@@ -648,9 +631,8 @@ fn main() -> ExitCode {
                     r.seconds,
                     out.display(),
                     normgate_train::pseudo::FILE
-                );
-            }
-            Ok(())
+                )
+            })
         })(),
         Command::Bench {
             what:
@@ -697,18 +679,15 @@ fn main() -> ExitCode {
             what: EvalCommand::Lfw { on, flip, json },
         } => eval::Model::parse(&on.model, on.card).and_then(|m| {
             let r = eval::lfw(&m, &on.data, &on.cache, flip)?;
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                println!(
+            print_report(json, &r, |r| {
+                format!(
                     "LFW {} pairs: accuracy {:.2} ± {:.2} %, AUC {:.4}",
                     r.pairs,
                     100.0 * r.accuracy,
                     100.0 * r.std,
                     r.auc
-                );
-            }
-            Ok(())
+                )
+            })
         }),
         Command::Bench {
             what:

@@ -69,7 +69,8 @@ struct Target {
     flipped: Vec<f32>,
 }
 
-fn progress(len: usize, what: &str) -> ProgressBar {
+/// A progress bar on stderr labelled `what`.
+pub fn progress(len: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     bar.set_style(
         ProgressStyle::with_template("{msg:>14} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
@@ -441,6 +442,18 @@ impl Cache {
     pub fn crop(&self, i: usize) -> RgbImage {
         let size = CROP * CROP * 3;
         RgbImage::from_raw(CROP as u32, CROP as u32, self.crops[i * size..][..size].to_vec()).expect("crop size")
+    }
+
+    /// Crop `i` on the SphereFace 112x96 template: the middle 96 columns of
+    /// the cached ArcFace 112x112 crop (what the backbone sees).
+    pub fn sphereface_crop(&self, i: usize) -> RgbImage {
+        image::imageops::crop_imm(&self.crop(i), 8, 0, 96, CROP as u32).to_image()
+    }
+
+    /// Indices of `n` crops spread evenly over the cache.
+    pub fn spread(&self, n: usize) -> impl Iterator<Item = usize> {
+        let step = (self.len() / n.max(1)).max(1);
+        (0..self.len()).step_by(step).take(n)
     }
 }
 
