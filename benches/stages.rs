@@ -2,8 +2,9 @@
 //! with one face, alignment, and embedding of one crop with each model file
 //! named in `NORMGATE_BENCH_EMBEDDERS` (comma-separated; default the shipped
 //! `models/backbone.onnx`), so fp32, QDQ and QOperator files can be compared
-//! side by side in one run. `NORMGATE_BENCH_DETECTOR` names the detector
-//! (default `models/detector.onnx`). Missing models are skipped with a note.
+//! side by side in one run. `NORMGATE_BENCH_DETECTORS` names the detectors
+//! the same way (default the shipped `models/detector.onnx`; the first one's
+//! face feeds alignment). Missing models are skipped with a note.
 //!
 //! `cargo bench --bench stages`; for aarch64 under qemu (a hint only) add
 //! `--target aarch64-unknown-linux-gnu` with the runner of cross/test-aarch64.sh.
@@ -51,15 +52,17 @@ fn stages(c: &mut Criterion) {
     let frame = frame();
     let mut group = c.benchmark_group("stage");
     group.sample_size(20);
-    let detector = paths("NORMGATE_BENCH_DETECTOR", "models/detector.onnx")
-        .first()
-        .map(|m| Detector::load(m, &ModelCard::path_for(m)).unwrap());
-    let face = detector.as_ref().map(|d| {
-        group.bench_function("detect 640x480", |b| {
+    let mut face = None;
+    for model in paths("NORMGATE_BENCH_DETECTORS", "models/detector.onnx") {
+        let d = Detector::load(&model, &ModelCard::path_for(&model)).unwrap();
+        let name = model.file_name().unwrap().to_string_lossy().to_string();
+        group.bench_function(format!("detect 640x480 {name}"), |b| {
             b.iter(|| d.detect(&frame, &DetectParams::default()).unwrap())
         });
-        d.detect(&frame, &DetectParams::default()).unwrap()[0]
-    });
+        if face.is_none() {
+            face = d.detect(&frame, &DetectParams::default()).unwrap().first().copied();
+        }
+    }
     for (i, model) in paths("NORMGATE_BENCH_EMBEDDERS", "models/backbone.onnx")
         .iter()
         .enumerate()

@@ -127,6 +127,16 @@ pub fn letterbox(image: &RgbImage, size: u32, pad: [u8; 3]) -> (RgbImage, f32) {
     (out, scale)
 }
 
+/// The RGB colour a frame is padded with: the model's mean, which normalises to zero.
+pub fn pad_colour(card: &ModelCard) -> [u8; 3] {
+    let pad = std::array::from_fn(|c| card.mean[c].round().clamp(0.0, 255.0) as u8);
+    // The mean is in the model's channel order; padding is drawn in RGB.
+    match card.channels {
+        crate::card::ChannelOrder::Rgb => pad,
+        crate::card::ChannelOrder::Bgr => [pad[2], pad[1], pad[0]],
+    }
+}
+
 /// Thresholds of detection.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DetectParams {
@@ -181,13 +191,7 @@ impl Detector {
 
     /// Every face in a frame, best first.
     pub fn detect(&self, image: &RgbImage, params: &DetectParams) -> Result<Vec<Face>> {
-        let pad = std::array::from_fn(|c| self.card.mean[c].round().clamp(0.0, 255.0) as u8);
-        // The mean is in the model's channel order; padding is drawn in RGB.
-        let pad = match self.card.channels {
-            crate::card::ChannelOrder::Rgb => pad,
-            crate::card::ChannelOrder::Bgr => [pad[2], pad[1], pad[0]],
-        };
-        let (input, scale) = letterbox(image, self.card.width, pad);
+        let (input, scale) = letterbox(image, self.card.width, pad_colour(&self.card));
         let outputs = self.network.run(&[self.card.input_tensor(&input)])?;
         let n = self.priors.len();
         for (o, width, name) in [

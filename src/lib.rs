@@ -19,3 +19,4 @@ pub mod runner;
 pub mod runtime;
 pub mod sink;
 pub mod source;
+pub mod still;

@@ -8,9 +8,10 @@ use clap::{Args, Parser, Subcommand};
 
 use normgate::card::ModelCard;
 use normgate::config::{CameraSection, Config, UploadSection};
-use normgate::detector::{DetectParams, Detector, Face};
+use normgate::detector::Detector;
 use normgate::pipeline::load_embedder;
 use normgate::runner::{self, Summary};
+use normgate::still::embed_main_face;
 use normgate_core::norm::l2_norm;
 
 /// Edge face-quality gate: uploads only the face crops whose feature norm says they are worth it.
@@ -165,11 +166,6 @@ fn run(file: Option<PathBuf>, overrides: Overrides, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// The face an image is about: the largest.
-fn main_face(faces: &[Face]) -> Option<&Face> {
-    faces.iter().max_by(|a, b| a.area().total_cmp(&b.area()))
-}
-
 fn embed(model: PathBuf, detector: PathBuf, aligned: bool, json: bool, images: Vec<PathBuf>) -> Result<()> {
     let embedder = load_embedder(&model, 1)?;
     let detector = if aligned {
@@ -185,26 +181,9 @@ fn embed(model: PathBuf, detector: PathBuf, aligned: bool, json: bool, images: V
     };
     let mut failed = 0;
     for path in &images {
-        let result = (|| -> Result<(Vec<f32>, Option<Face>)> {
-            let image = image::open(path)?.to_rgb8();
-            let (crop, face) = match &detector {
-                None => {
-                    let t = embedder.template();
-                    if image.dimensions() != (t.width, t.height) {
-                        bail!("an aligned crop must be {}x{}", t.width, t.height);
-                    }
-                    (image, None)
-                }
-                Some(d) => {
-                    let faces = d.detect(&image, &DetectParams::default())?;
-                    let Some(face) = main_face(&faces).copied() else {
-                        bail!("no face found");
-                    };
-                    (embedder.align(&image, &face.landmarks)?, Some(face))
-                }
-            };
-            Ok((embedder.embed(&[crop])?.remove(0), face))
-        })();
+        let result = image::open(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|image| embed_main_face(image.to_rgb8(), detector.as_ref(), &embedder));
         let name = path.display().to_string();
         match result {
             Ok((feature, face)) => {

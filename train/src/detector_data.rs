@@ -2,7 +2,8 @@
 //! placed at a random position on a square canvas of the network's input
 //! size (the rest filled with the normalisation mean, as the device pads),
 //! and mirrored half of the time, with its faces moved to match (a mirrored
-//! face swaps its left and right landmarks).
+//! face swaps its left and right landmarks); then photometric changes a
+//! camera brings: contrast, brightness, colour cast, grey, blur and JPEG.
 
 use image::imageops::{flip_horizontal, replace, resize, FilterType};
 use image::{Rgb, RgbImage};
@@ -87,6 +88,34 @@ pub fn sample(
     (canvas, placed)
 }
 
+/// Random contrast, brightness and colour cast, sometimes grey, blurred
+/// or re-encoded as a low-quality JPEG; labels are unchanged.
+pub fn photometric(image: &mut RgbImage, rng: &mut impl Rng) {
+    let contrast = rng.random_range(0.6..1.4f32);
+    let brightness = rng.random_range(-40.0..40.0f32);
+    let gain: [f32; 3] = std::array::from_fn(|_| rng.random_range(0.85..1.15f32));
+    let grey = rng.random_bool(0.1);
+    for p in image.pixels_mut() {
+        let v = p.0.map(f32::from);
+        let luma = 0.299 * v[0] + 0.587 * v[1] + 0.114 * v[2];
+        for c in 0..3 {
+            let x = if grey { luma } else { v[c] * gain[c] };
+            p.0[c] = ((x - 128.0) * contrast + 128.0 + brightness).clamp(0.0, 255.0) as u8;
+        }
+    }
+    if rng.random_bool(0.2) {
+        *image = image::imageops::blur(image, rng.random_range(0.5..2.0));
+    }
+    if rng.random_bool(0.3) {
+        let quality = rng.random_range(20..90u8);
+        let mut bytes = Vec::new();
+        let encoded = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality).encode_image(&*image);
+        if let Ok(decoded) = encoded.and_then(|()| image::load_from_memory(&bytes)) {
+            *image = decoded.to_rgb8();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +152,19 @@ mod tests {
             assert!(centre.0[0] > 200, "box centre falls on {centre:?}: {faces:?}");
             assert!(faces[0].landmarks[0][0] < faces[0].landmarks[1][0]);
         }
+    }
+
+    #[test]
+    fn photometric_changes_keep_the_size_and_change_the_pixels() {
+        let image = RgbImage::from_fn(64, 48, |x, y| Rgb([(x * 4) as u8, (y * 5) as u8, 90]));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut changed = 0;
+        for _ in 0..10 {
+            let mut out = image.clone();
+            photometric(&mut out, &mut rng);
+            assert_eq!(out.dimensions(), image.dimensions());
+            changed += usize::from(out != image);
+        }
+        assert!(changed >= 9, "{changed} of 10 changed");
     }
 }

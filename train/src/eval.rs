@@ -141,8 +141,13 @@ pub struct LfwScores {
 pub fn lfw_scores(model: &Model, data: &Path, cache_dir: &Path, flip: bool) -> Result<LfwScores> {
     let pairs_file = data.join("lfw/pairs.txt");
     let text = std::fs::read_to_string(&pairs_file).with_context(|| format!("cannot read {}", pairs_file.display()))?;
-    let pairs = datasets::lfw_pairs(&text)?;
-    let cache = Cache::load(cache_dir, "lfw_pairs")?;
+    lfw_scores_on(model, &text, Cache::load(cache_dir, "lfw_pairs")?, flip)
+}
+
+/// The pairs of `pairs_text`, scored on the crops of `cache` (one per
+/// image of the pairs, as the lfw_pairs cache holds them).
+pub fn lfw_scores_on(model: &Model, pairs_text: &str, cache: Cache, flip: bool) -> Result<LfwScores> {
+    let pairs = datasets::lfw_pairs(pairs_text)?;
     let index: HashMap<&str, usize> = cache
         .paths
         .iter()
@@ -174,6 +179,17 @@ pub fn lfw_scores(model: &Model, data: &Path, cache_dir: &Path, flip: bool) -> R
         cache,
         features,
     })
+}
+
+/// The EDC of scored LFW pairs: each pair's quality is the lower of its two
+/// crops' feature norms (blur baseline: their Laplacian variance).
+pub fn lfw_edc(lfw: &LfwScores) -> Edc {
+    let norms: Vec<f64> = lfw.features.iter().map(|f| norm(f)).collect();
+    let blur: Vec<f64> = (0..lfw.cache.len())
+        .map(|i| laplacian_variance(&lfw.cache.crop(i)))
+        .collect();
+    let pair_min = |q: &[f64]| -> Vec<f64> { lfw.crops.iter().map(|&[a, b]| q[a].min(q[b])).collect() };
+    edc(&lfw.pairs, &pair_min(&norms), &pair_min(&blur))
 }
 
 /// LFW 10-fold verification of a model.
@@ -281,11 +297,7 @@ fn crops_cache(crops: &[RgbImage]) -> Cache {
 pub fn quality(model: &Model, data: &Path, cache_dir: &Path, degraded_images: usize) -> Result<QualityReport> {
     let lfw = lfw_scores(model, data, cache_dir, false)?;
     let norms: Vec<f64> = lfw.features.iter().map(|f| norm(f)).collect();
-    let blur: Vec<f64> = (0..lfw.cache.len())
-        .map(|i| laplacian_variance(&lfw.cache.crop(i)))
-        .collect();
-    let pair_min = |q: &[f64]| -> Vec<f64> { lfw.crops.iter().map(|&[a, b]| q[a].min(q[b])).collect() };
-    let edc = edc(&lfw.pairs, &pair_min(&norms), &pair_min(&blur));
+    let edc = lfw_edc(&lfw);
 
     let glint = Cache::load(cache_dir, "glint24")?;
     let clean: Vec<RgbImage> = glint.spread(degraded_images).map(|i| glint.crop(i)).collect();

@@ -106,6 +106,16 @@ impl Builder<'_> {
         Ok(self.node("PRelu", &[&y, &slope], vec![], None))
     }
 
+    /// `units` residual units `x + unit_b(unit_a(x))` named `{prefix}.unit{u}.a|b`.
+    fn residual_units(&mut self, prefix: &str, mut x: String, units: usize) -> Result<String> {
+        for u in 0..units {
+            let a = self.unit(&format!("{prefix}.unit{u}.a"), &x, 1)?;
+            let c = self.unit(&format!("{prefix}.unit{u}.b"), &a, 1)?;
+            x = self.node("Add", &[&x, &c], vec![], None);
+        }
+        Ok(x)
+    }
+
     /// An int64 constant (e.g. a shape for Reshape); returns its name.
     fn int64s(&mut self, name: &str, values: &[i64]) -> String {
         self.initializers.push(TensorProto {
@@ -143,14 +153,16 @@ fn value_info(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
     }
 }
 
-/// The variables under `prefix.` with their shapes and values.
+/// The variables under `prefix.` (all of them for an empty prefix) with their shapes and values.
 pub fn collect_weights(map: &VarMap, prefix: &str) -> Result<Weights> {
     let data = map.data().lock().expect("var map");
+    let under = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}.")
+    };
     data.iter()
-        .filter_map(|(k, v)| {
-            k.strip_prefix(&format!("{prefix}."))
-                .map(|short| (short.to_string(), v))
-        })
+        .filter_map(|(k, v)| k.strip_prefix(&under).map(|short| (short.to_string(), v)))
         .map(|(k, v)| Ok((k, (v.dims().to_vec(), v.flatten_all()?.to_vec1::<f32>()?))))
         .collect()
 }
@@ -169,11 +181,7 @@ pub fn backbone_model(
     let mut x = b.unit("stem", INPUT, 2)?;
     for (s, &units) in config.units.iter().enumerate() {
         x = b.unit(&format!("stage{s}.down"), &x, 2)?;
-        for u in 0..units {
-            let a = b.unit(&format!("stage{s}.unit{u}.a"), &x, 1)?;
-            let c = b.unit(&format!("stage{s}.unit{u}.b"), &a, 1)?;
-            x = b.node("Add", &[&x, &c], vec![], None);
-        }
+        x = b.residual_units(&format!("stage{s}"), x, units)?;
     }
     let flat = b.node("Flatten", &[&x], vec![int("axis", 1)], None);
     let (w, bias) = (b.weight("fc5.weight", None)?, b.weight("fc5.bias", None)?);
@@ -218,8 +226,9 @@ pub fn detector_model(config: &crate::facenet::DetectorConfig, weights: &Weights
     };
     let mut x = INPUT.to_string();
     let mut levels = Vec::new();
-    for i in 0..config.widths.len() {
+    for (i, &units) in config.units.iter().enumerate() {
         x = b.unit(&format!("down{i}"), &x, 2)?;
+        x = b.residual_units(&format!("stage{i}"), x, units)?;
         if i >= 2 {
             levels.push(x.clone());
         }
@@ -347,6 +356,40 @@ pub fn export_run(run: &Path, path: &Path, cache: &crate::prepare::Cache, n: usi
     }
     Ok(ExportCheck {
         crops: n,
+        max_abs_diff: max_abs,
+        max_rel_diff: max_abs / scale.max(f32::MIN_POSITIVE),
+    })
+}
+
+/// Exports a detector training run to `path` (and its card) and checks the
+/// written file against candle on `frames` (at the network's input size).
+pub fn export_detector_run(run: &Path, path: &Path, frames: &[image::RgbImage]) -> Result<ExportCheck> {
+    use candle_core::{Device, Tensor};
+    let (net, map, config) = crate::detector_train::load_detector(run)?;
+    let network = config.network;
+    write(
+        &detector_model(&network, &collect_weights(&map, "")?)?,
+        &detector_card(&network, config.anchor_sizes.clone()),
+        path,
+    )?;
+    let card = ModelCard::load(&ModelCard::path_for(path))?;
+    let tract = normgate::runtime::Network::load(path, &card, 1, &["loc", "conf", "landmarks"])?;
+    let (mut max_abs, mut scale) = (0.0f32, 0.0f32);
+    let side = network.input;
+    for frame in frames {
+        let outputs = tract.run(&[card.input_tensor(frame)])?;
+        let x = Tensor::from_vec(crate::detector_train::chw(frame), (1, 3, side, side), &Device::Cpu)?;
+        let [loc, conf, landmarks] = net.forward(&x)?;
+        let conf = crate::facenet::FaceNet::probabilities(&conf)?;
+        for (t, c) in outputs.iter().zip([loc, conf, landmarks]) {
+            for (a, b) in t.iter().zip(c.flatten_all()?.to_vec1::<f32>()?) {
+                max_abs = max_abs.max((a - b).abs());
+                scale = scale.max(b.abs());
+            }
+        }
+    }
+    Ok(ExportCheck {
+        crops: frames.len(),
         max_abs_diff: max_abs,
         max_rel_diff: max_abs / scale.max(f32::MIN_POSITIVE),
     })

@@ -1,5 +1,6 @@
-//! The project's face detector network: a small stride-2 conv stack with
-//! PReLU (the backbone's `ConvUnit`s) and, at strides 8, 16 and 32, three 3x3
+//! The project's face detector network: five stride-2 3x3 convolutions with
+//! PReLU (the backbone's `ConvUnit`s), each optionally followed by residual
+//! units that widen the receptive field cheaply, and, at strides 8, 16 and 32, three 3x3
 //! heads per level in RetinaFace's layout (box, score, five landmarks for
 //! `anchors` square anchors per cell), so the device decodes it with the
 //! same code as the teacher. Outputs: `[B, A, 4]`, `[B, A, 2]` (logits; the
@@ -13,17 +14,69 @@ use crate::backbone::{ConvImpl, ConvUnit};
 use crate::conv::{conv2d, ConvParams};
 
 /// Depth and width of the detector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DetectorConfig {
     /// Square input side, a multiple of 32.
     pub input: usize,
     /// Channels of the stride-2, -4, -8, -16 and -32 layers.
     pub widths: [usize; 5],
+    /// Residual units after each stride-2 layer.
+    pub units: [usize; 5],
     /// Anchors per cell (one per anchor size of the level).
     pub anchors: usize,
 }
 
 impl DetectorConfig {
+    /// The architecture the project ships: a 320x320 input (a 640x480 frame
+    /// at half scale), so a 32 px face in the frame is 16 px at stride 8.
+    pub const SHIPPED: Self = Self {
+        input: 320,
+        widths: [16, 32, 48, 64, 96],
+        units: [0, 0, 1, 1, 1],
+        anchors: 2,
+    };
+
+    /// Every 3x3 convolution as (c_in, c_out, output side), heads included.
+    fn convolutions(&self) -> Vec<(usize, usize, usize)> {
+        let mut out = Vec::new();
+        let (mut c, mut side) = (3, self.input);
+        for (&w, &units) in self.widths.iter().zip(&self.units) {
+            side = side.div_ceil(2);
+            out.push((c, w, side));
+            out.extend(std::iter::repeat_n((w, w, side), 2 * units));
+            c = w;
+        }
+        let per_anchor: usize = HEADS.iter().map(|(_, n)| n).sum();
+        for level in 0..3 {
+            out.push((
+                self.widths[2 + level],
+                self.anchors * per_anchor,
+                self.input.div_ceil(8 << level),
+            ));
+        }
+        out
+    }
+
+    /// Trainable parameters (weights, biases, PReLU slopes).
+    pub fn parameters(&self) -> usize {
+        let heads = 3;
+        let convs = self.convolutions();
+        let body = convs.len() - heads;
+        convs
+            .iter()
+            .enumerate()
+            .map(|(i, &(ci, co, _))| co * ci * 9 + if i < body { 2 * co } else { co })
+            .sum()
+    }
+
+    /// Floating-point operations of one forward pass (a multiply-add counts 2).
+    pub fn forward_flops(&self) -> u64 {
+        self.convolutions()
+            .iter()
+            .map(|&(ci, co, side)| (2 * co * ci * 9 * side * side) as u64)
+            .sum()
+    }
+
     /// Anchors over all three levels.
     pub fn total_anchors(&self) -> usize {
         [8, 16, 32].iter().map(|s| (self.input / s).pow(2) * self.anchors).sum()
@@ -64,7 +117,8 @@ impl Head {
 /// The detector network.
 pub struct FaceNet {
     config: DetectorConfig,
-    layers: Vec<ConvUnit>,
+    /// Each stride-2 layer with its residual units.
+    layers: Vec<(ConvUnit, Vec<(ConvUnit, ConvUnit)>)>,
     /// Per level, the loc, conf and landmark heads.
     heads: Vec<[Head; 3]>,
 }
@@ -74,8 +128,14 @@ impl FaceNet {
     pub fn new(config: DetectorConfig, vb: VarBuilder) -> Result<Self> {
         let mut layers = Vec::new();
         let mut c = 3;
-        for (i, &w) in config.widths.iter().enumerate() {
-            layers.push(ConvUnit::new(c, w, 2, vb.pp(format!("down{i}")))?);
+        for (i, (&w, &units)) in config.widths.iter().zip(&config.units).enumerate() {
+            let residual = (0..units)
+                .map(|u| {
+                    let vu = vb.pp(format!("stage{i}.unit{u}"));
+                    Ok((ConvUnit::new(w, w, 1, vu.pp("a"))?, ConvUnit::new(w, w, 1, vu.pp("b"))?))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            layers.push((ConvUnit::new(c, w, 2, vb.pp(format!("down{i}")))?, residual));
             c = w;
         }
         let heads = (0..3)
@@ -101,8 +161,11 @@ impl FaceNet {
     pub fn forward(&self, x: &Tensor) -> Result<[Tensor; 3]> {
         let mut x = x.clone();
         let mut levels = Vec::new();
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, ConvImpl::Fast)?;
+        for (i, (down, units)) in self.layers.iter().enumerate() {
+            x = down.forward(&x, ConvImpl::Fast)?;
+            for (a, b) in units {
+                x = (&x + b.forward(&a.forward(&x, ConvImpl::Fast)?, ConvImpl::Fast)?)?;
+            }
             if i >= 2 {
                 levels.push(x.clone());
             }
@@ -133,6 +196,19 @@ mod tests {
     use crate::vars::SeededVars;
     use candle_core::{DType, Device};
     use candle_nn::VarMap;
+
+    #[test]
+    fn counts_match_the_built_network() {
+        let config = crate::testing::tiny_detector();
+        let vars = VarMap::new();
+        FaceNet::new(config, SeededVars::builder(&vars, 1, &Device::Cpu)).unwrap();
+        let built: usize = vars.all_vars().iter().map(|v| v.elem_count()).sum();
+        assert_eq!(built, config.parameters());
+        // Layers 3->4 at 32², 4->6 at 16² (+1 unit), 6->8 at 8², 8->8 at 4² and 2²; heads 2x16 outputs.
+        let body = 4 * 3 * 1024 + 6 * 4 * 256 + 2 * 6 * 6 * 256 + 8 * 6 * 64 + 8 * 8 * 16 + 8 * 8 * 4;
+        let heads = 32 * 8 * (64 + 16 + 4);
+        assert_eq!(config.forward_flops(), 18 * (body + heads) as u64);
+    }
 
     #[test]
     fn outputs_have_one_row_per_prior() {

@@ -7,7 +7,9 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use normgate_train::backbone::BackboneConfig;
 use normgate_train::bench;
+use normgate_train::detector_train::{calibration_frames, DetectorSet, DetectorTrainConfig, DetectorTrainer};
 use normgate_train::eval;
+use normgate_train::optim::Training;
 use normgate_train::prepare;
 use normgate_train::train::{TrainConfig, Trainer};
 
@@ -27,6 +29,9 @@ enum Command {
     /// Train the backbone (concat A-Softmax heads + distillation); resumes
     /// from the run folder's checkpoint.
     Train(TrainArgs),
+    /// Train the face detector on the teacher's pseudo-labels and Glint24
+    /// composites; resumes from the run folder's checkpoint.
+    TrainDetector(TrainDetectorArgs),
     /// Pseudo-labels for the detector: the teacher detector's faces on every
     /// LFW and CelebA image, with a validation split by identity.
     PseudoLabel {
@@ -45,6 +50,10 @@ enum Command {
     /// Duplicate identities between two classifier heads (or within one)
     /// from their weight rows: pairs.tsv, groups.tsv and a merged classmap.tsv.
     Dedup(DedupArgs),
+    /// Feature norms of the main face of every image in a folder tree (the
+    /// device's detector, aligner and embedder): norms.tsv, histogram.png,
+    /// thresholds for drop rates, and optionally the images below a threshold.
+    Norms(NormsArgs),
     /// Quantize an exported float model to int8 (per-channel weights,
     /// activation ranges calibrated on aligned training crops).
     Quantize {
@@ -60,18 +69,22 @@ enum Command {
         /// Activation ranges from min/max, or from this percentile at each end (e.g. 99.99).
         #[arg(long)]
         percentile: Option<f64>,
-        /// Calibration crops, spread evenly over the Glint24 training cache.
+        /// Calibration inputs: crops spread evenly over the Glint24 training
+        /// cache (a backbone), or frames over the detector's training split (a detector).
         #[arg(long, default_value_t = 256)]
         crops: usize,
-        /// Folder of the caches `prepare` wrote.
+        /// Folder of the caches `prepare` and `pseudo-label` wrote.
         #[arg(long, default_value = "cache")]
         cache: PathBuf,
+        /// The shared data folder (a detector's calibration frames).
+        #[arg(long, default_value = "../shared/data")]
+        data: PathBuf,
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
     },
-    /// Export a training run's backbone to ONNX (with its card) and check the
-    /// file against the training framework on cached crops.
+    /// Export a training run's backbone or detector to ONNX (with its card)
+    /// and check the file against the training framework on cached crops or frames.
     Export {
         /// The training run folder.
         #[arg(long)]
@@ -79,9 +92,12 @@ enum Command {
         /// The .onnx file to write (the card goes beside it).
         #[arg(long)]
         out: PathBuf,
-        /// Folder of the caches `prepare` wrote (crops for the check).
+        /// Folder of the caches `prepare` and `pseudo-label` wrote (inputs for the check).
         #[arg(long, default_value = "cache")]
         cache: PathBuf,
+        /// The shared data folder (a detector's check frames).
+        #[arg(long, default_value = "../shared/data")]
+        data: PathBuf,
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -172,6 +188,70 @@ struct TrainArgs {
 }
 
 #[derive(clap::Args, Debug)]
+struct TrainDetectorArgs {
+    /// The shared data folder (the pseudo-labelled images).
+    #[arg(long, default_value = "../shared/data")]
+    data: PathBuf,
+    /// The shared samples folder (non-face backgrounds).
+    #[arg(long, default_value = "../shared/samples")]
+    samples: PathBuf,
+    /// Folder of the caches (`detector_labels.jsonl`, `glint24`).
+    #[arg(long, default_value = "cache")]
+    cache: PathBuf,
+    /// Run folder: checkpoint, config.json, log.jsonl.
+    #[arg(long)]
+    out: PathBuf,
+    /// Optimisation steps.
+    #[arg(long, default_value_t = DetectorTrainConfig::default().steps)]
+    steps: u64,
+    /// Images per step.
+    #[arg(long, default_value_t = DetectorTrainConfig::default().batch)]
+    batch: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = DetectorTrainConfig::default().lr)]
+    lr: f64,
+    /// Seed of weights and batches.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Threads that decode the images at start (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(clap::Args, Debug)]
+struct NormsArgs {
+    /// The folder tree of images (jpg, png).
+    root: PathBuf,
+    /// The embedder .onnx (card beside it).
+    #[arg(long, default_value = "models/backbone.onnx")]
+    model: PathBuf,
+    /// The detector .onnx (card beside it); unused with --aligned.
+    #[arg(long, default_value = "models/detector.onnx")]
+    detector: PathBuf,
+    /// The images are crops already on the embedder's template: no detection.
+    #[arg(long)]
+    aligned: bool,
+    /// Shares of faces to drop, each giving a threshold.
+    #[arg(long, value_delimiter = ',', default_value = "0.05,0.1,0.2")]
+    drop_rates: Vec<f64>,
+    /// Also list the images whose norm is below this threshold (below.txt).
+    #[arg(long)]
+    list_below: Option<f32>,
+    /// TrueType font for the histogram's labels (none drawn when absent).
+    #[arg(long, default_value = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")]
+    font: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
 struct DedupArgs {
     /// First weight matrix: .npy, .safetensors, or a training run folder.
     a: PathBuf,
@@ -228,6 +308,29 @@ struct ModelArgs {
 
 #[derive(Subcommand, Debug)]
 enum EvalCommand {
+    /// A detector against the teacher's pseudo-labels on the validation
+    /// split (recall by size, landmark NME), false positives on non-face
+    /// images, and LFW through its landmarks against the teacher's.
+    Detector {
+        /// The detector .onnx (card beside it).
+        #[arg(long)]
+        model: PathBuf,
+        /// The shared data folder.
+        #[arg(long, default_value = "../shared/data")]
+        data: PathBuf,
+        /// Folder of the caches (`detector_labels.jsonl`, `lfw_pairs`).
+        #[arg(long, default_value = "cache")]
+        cache: PathBuf,
+        /// Backbone for the end-to-end LFW comparison (`none` skips it).
+        #[arg(long, default_value = "models/backbone.onnx")]
+        backbone: String,
+        /// Smallest face score kept (the device's default).
+        #[arg(long, default_value_t = normgate::detector::DetectParams::default().score_threshold)]
+        score_threshold: f32,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Quality protocols: EDC on LFW (norm against random and blur
     /// discard), degradation ranking, face versus non-face AUROC. Prints JSON.
     Quality {
@@ -415,21 +518,58 @@ fn train(args: TrainArgs) -> Result<()> {
         ..TrainConfig::default()
     };
     let start = std::time::Instant::now();
-    let mut trainer = Trainer::new(config, &args.cache, &args.out)?;
-    let first = trainer.step();
-    trainer.run(&args.out)?;
+    drive_to_end(&mut Trainer::new(config, &args.cache, &args.out)?, &args.out, start)
+}
+
+/// Runs a training to its end and says what it did.
+fn drive_to_end(run: &mut impl Training, out: &std::path::Path, start: std::time::Instant) -> Result<()> {
+    let first = run.progress().position;
+    normgate_train::optim::drive(run, out)?;
     eprintln!(
         "trained steps {first}..{} in {:.0} s; checkpoint in {}",
-        trainer.step(),
+        run.progress().position,
         start.elapsed().as_secs_f64(),
-        args.out.display()
+        out.display()
     );
     Ok(())
 }
 
-fn export(run: &std::path::Path, out: &std::path::Path, cache: &std::path::Path, json: bool) -> Result<()> {
-    let crops = normgate_train::prepare::Cache::load(cache, "lfw_train")?;
-    let check = normgate_train::export::export_run(run, out, &crops, 256)?;
+fn train_detector(args: TrainDetectorArgs) -> Result<()> {
+    let start = std::time::Instant::now();
+    let set = DetectorSet::load(&args.data, &args.cache, &args.samples, threads(args.threads))?;
+    eprintln!(
+        "{} training images, {} Glint24 faces, {} backgrounds loaded in {:.0} s",
+        set.scenes.len(),
+        set.faces.len(),
+        set.backgrounds.len(),
+        start.elapsed().as_secs_f64()
+    );
+    let config = DetectorTrainConfig {
+        steps: args.steps,
+        batch: args.batch,
+        lr: args.lr,
+        seed: args.seed,
+        ..DetectorTrainConfig::default()
+    };
+    drive_to_end(&mut DetectorTrainer::new(config, set, &args.out)?, &args.out, start)
+}
+
+fn export(
+    run: &std::path::Path,
+    out: &std::path::Path,
+    cache: &std::path::Path,
+    data: &std::path::Path,
+    json: bool,
+) -> Result<()> {
+    use normgate_train::export::{export_detector_run, export_run};
+    let detector = normgate_train::optim::read_config::<DetectorTrainConfig>(run).ok();
+    let check = match detector {
+        Some(config) => {
+            let card = normgate_train::export::detector_card(&config.network, config.anchor_sizes);
+            export_detector_run(run, out, &calibration_frames(data, cache, 16, &card)?)?
+        }
+        None => export_run(run, out, &prepare::Cache::load(cache, "lfw_train")?, 256)?,
+    };
     if check.max_rel_diff > 1e-4 {
         anyhow::bail!(
             "tract's output on {} differs from the training framework's: {check:?}",
@@ -443,6 +583,96 @@ fn export(run: &std::path::Path, out: &std::path::Path, cache: &std::path::Path,
             c.crops,
             c.max_abs_diff,
             c.max_rel_diff
+        )
+    })
+}
+
+fn eval_detector(
+    model: &std::path::Path,
+    data: &std::path::Path,
+    cache: &std::path::Path,
+    backbone: &str,
+    score_threshold: f32,
+    json: bool,
+) -> Result<()> {
+    let detector = normgate::detector::Detector::load(model, &normgate::card::ModelCard::path_for(model))?;
+    let backbone = match backbone {
+        "none" => None,
+        spec => Some(eval::Model::parse(spec, None)?),
+    };
+    let params = normgate::detector::DetectParams {
+        score_threshold,
+        ..Default::default()
+    };
+    let r = normgate_train::detector_eval::evaluate(&detector, data, cache, &params, backbone.as_ref())?;
+    print_report(json, &r, |r| {
+        let buckets: Vec<String> = r
+            .buckets
+            .iter()
+            .map(|b| format!("{} px {:.3} ({}/{})", b.short_side, b.recall, b.found, b.faces))
+            .collect();
+        let mut text = format!(
+            "recall (>= 32 px) {:.4}, NME {:.2} %, {:.3} false positives per non-face image ({} images); by size: {}; {:.1} ms per image",
+            r.recall,
+            100.0 * r.nme,
+            r.fp_per_image,
+            r.non_face_images,
+            buckets.join(", "),
+            r.ms_per_image
+        );
+        if let Some(e) = &r.end_to_end {
+            text.push_str(&format!(
+                "\nLFW with {}: teacher landmarks {:.2} %, this detector's {:.2} % ({:+.2} points, {} without a face); FNMR at 20 % norm discard {:.3} vs {:.3}",
+                e.backbone,
+                100.0 * e.teacher_landmarks.accuracy,
+                100.0 * e.detector_landmarks.accuracy,
+                e.accuracy_difference,
+                e.no_face,
+                e.teacher_landmarks.fnmr_norm_20,
+                e.detector_landmarks.fnmr_norm_20
+            ));
+        }
+        text
+    })
+}
+
+fn norms(args: NormsArgs) -> Result<()> {
+    use normgate_train::norms;
+    let embedder = normgate::pipeline::load_embedder(&args.model, 1)?;
+    let detector = if args.aligned {
+        None
+    } else {
+        Some(normgate::detector::Detector::load(
+            &args.detector,
+            &normgate::card::ModelCard::path_for(&args.detector),
+        )?)
+    };
+    let images = norms::images_under(&args.root)?;
+    if images.is_empty() {
+        anyhow::bail!("{} holds no jpg or png image", args.root.display());
+    }
+    let bar = prepare::progress(images.len(), "images");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads(args.threads))
+        .build()?;
+    let measured = pool.install(|| norms::measure(&args.root, &images, detector.as_ref(), &embedder, &|| bar.inc(1)));
+    bar.finish_and_clear();
+    let font = Some(args.font.as_path()).filter(|f| f.is_file());
+    let s = norms::write_outputs(&measured, &args.drop_rates, args.list_below, font, &args.out)?;
+    print_report(args.json, &s, |s| {
+        let marks: Vec<String> = s
+            .thresholds
+            .iter()
+            .map(|t| format!("drop {:.0} %: {:.3}", 100.0 * t.drop_rate, t.threshold))
+            .collect();
+        format!(
+            "{} images, {} faces measured, {} without a norm; mean norm {:.3}; {}; outputs in {}",
+            s.images,
+            s.faces,
+            s.failed,
+            s.mean_norm,
+            marks.join(", "),
+            args.out.display()
         )
     })
 }
@@ -576,6 +806,7 @@ fn quantize(
     percentile: Option<f64>,
     crops: usize,
     cache: &std::path::Path,
+    data: &std::path::Path,
     json: bool,
 ) -> Result<()> {
     use normgate_train::quantize::{quantize_file, Calibration};
@@ -584,7 +815,13 @@ fn quantize(
         Some(p) if p > 50.0 && p <= 100.0 => Calibration::Percentile(p),
         Some(p) => anyhow::bail!("--percentile {p}: give a value in (50, 100], e.g. 99.99"),
     };
-    let r = quantize_file(model, out, format, method, &training_crops(cache, crops)?)?;
+    let card = normgate::card::ModelCard::load(&normgate::card::ModelCard::path_for(model))?;
+    let inputs = if card.detector.is_some() {
+        calibration_frames(data, cache, crops, &card)?
+    } else {
+        training_crops(cache, crops)?
+    };
+    let r = quantize_file(model, out, format, method, &inputs)?;
     print_report(json, &r, |r| {
         format!(
             "{}: {:?}, {} on {} crops, {} -> {} bytes",
@@ -603,8 +840,16 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Prepare(args) => prepare_data(args),
         Command::Train(args) => train(args),
-        Command::Export { run, out, cache, json } => export(&run, &out, &cache, json),
+        Command::TrainDetector(args) => train_detector(args),
+        Command::Export {
+            run,
+            out,
+            cache,
+            data,
+            json,
+        } => export(&run, &out, &cache, &data, json),
         Command::Dedup(args) => dedup(args),
+        Command::Norms(args) => norms(args),
         Command::PseudoLabel {
             teacher,
             threads: wanted,
@@ -651,8 +896,9 @@ fn main() -> ExitCode {
             percentile,
             crops,
             cache,
+            data,
             json,
-        } => quantize(&model, &out, format, percentile, crops, &cache, json),
+        } => quantize(&model, &out, format, percentile, crops, &cache, &data, json),
         Command::Eval {
             what:
                 EvalCommand::Quality {
@@ -675,6 +921,17 @@ fn main() -> ExitCode {
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }),
+        Command::Eval {
+            what:
+                EvalCommand::Detector {
+                    model,
+                    data,
+                    cache,
+                    backbone,
+                    score_threshold,
+                    json,
+                },
+        } => eval_detector(&model, &data, &cache, &backbone, score_threshold, json),
         Command::Eval {
             what: EvalCommand::Lfw { on, flip, json },
         } => eval::Model::parse(&on.model, on.card).and_then(|m| {

@@ -18,6 +18,7 @@ use image::RgbImage;
 use indicatif::{ParallelProgressIterator, ProgressBar, ProgressStyle};
 use normgate::detector::{DetectParams, Detector, Face};
 use normgate::embedder::Embedder;
+use normgate_core::align::Template;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
@@ -83,7 +84,7 @@ pub fn progress(len: usize, what: &str) -> ProgressBar {
 
 /// The face an image is about: the largest whose centre lies in the middle
 /// half of the frame, else the largest.
-fn main_face(faces: &[Face], width: u32, height: u32) -> Option<Face> {
+pub(crate) fn main_face(faces: &[Face], width: u32, height: u32) -> Option<Face> {
     let central = |f: &&Face| {
         let (cx, cy) = ((f.bbox[0] + f.bbox[2]) / 2.0, (f.bbox[1] + f.bbox[3]) / 2.0);
         (cx - width as f32 / 2.0).abs() < width as f32 / 4.0 && (cy - height as f32 / 2.0).abs() < height as f32 / 4.0
@@ -99,8 +100,7 @@ fn main_face(faces: &[Face], width: u32, height: u32) -> Option<Face> {
 
 /// The template's landmarks scaled to a frame, for images without a detection:
 /// LFW's funneled images hold one roughly centred face.
-fn fallback_landmarks(embedder: &Embedder, width: u32, height: u32) -> [[f32; 2]; 5] {
-    let t = embedder.template();
+pub(crate) fn fallback_landmarks(t: &Template, width: u32, height: u32) -> [[f32; 2]; 5] {
     let (dx, dy) = (
         (width as f32 - t.width as f32) / 2.0,
         (height as f32 - t.height as f32) / 2.0,
@@ -130,7 +130,7 @@ impl Stages<'_> {
                     .map_err(|e| failed(&e))?;
                 let landmarks = match main_face(&faces, image.width(), image.height()) {
                     Some(face) => face.landmarks,
-                    None if fallback => fallback_landmarks(self.embedder, image.width(), image.height()),
+                    None if fallback => fallback_landmarks(self.embedder.template(), image.width(), image.height()),
                     None => return Ok(None),
                 };
                 let crop = self.embedder.align(&image, &landmarks).map_err(|e| failed(&e))?;

@@ -33,6 +33,17 @@ pub struct PseudoFace {
     pub landmarks: [[f32; 2]; 5],
 }
 
+impl PseudoFace {
+    /// The face as the device's detector reports one.
+    pub fn face(&self) -> normgate::detector::Face {
+        normgate::detector::Face {
+            bbox: self.bbox,
+            score: self.score,
+            landmarks: self.landmarks,
+        }
+    }
+}
+
 /// One image's pseudo-labels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LabelledImage {

@@ -96,7 +96,11 @@ pub fn calibrate(
     }
     let input_name = card.input.clone();
     let outputs: Vec<&str> = names.iter().map(String::as_str).filter(|n| *n != input_name).collect();
-    let batch = 16.min(crops.len());
+    // A model with a fixed batch (the card says which) runs one batch of that size.
+    let batch = match card.batch {
+        0 => 16.min(crops.len()),
+        fixed => fixed,
+    };
     let network = Network::load(model, card, batch, &outputs)?;
     let mut values: HashMap<String, Vec<f32>> = HashMap::new();
     let mut ranges: HashMap<String, (f32, f32)> = HashMap::new();

@@ -31,6 +31,7 @@ pub fn tiny_detector() -> crate::facenet::DetectorConfig {
     crate::facenet::DetectorConfig {
         input: 64,
         widths: [4, 6, 8, 8, 8],
+        units: [0, 1, 0, 0, 0],
         anchors: 2,
     }
 }

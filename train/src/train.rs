@@ -15,12 +15,10 @@
 //!   seeded by (seed, step), so a resumed run continues exactly as an
 //!   uninterrupted one would.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::Path;
 
-use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor, Var, D};
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor, D};
 use candle_nn::{Init, VarMap};
 use normgate_core::margin::{ASoftmax, LambdaSchedule, Margin};
 use normgate_core::norm::NormSelect;
@@ -30,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backbone::{Backbone, BackboneConfig, ConvImpl};
 use crate::heads::{a_softmax_loss, a_softmax_losses, hardest_rows, norm_select_mask, seed_norm_select};
+use crate::optim::{load_weights, read_config, Progress, Sgd, Training};
 use crate::prepare::{Cache, CROP};
 use crate::vars::SeededVars;
 
@@ -149,44 +148,6 @@ pub fn student_input(cache: &Cache, i: usize, flip: bool) -> Vec<f32> {
     out
 }
 
-/// SGD with momentum and decoupled-from-nothing (classic L2) weight decay,
-/// with its velocity kept for checkpoints.
-struct Sgd {
-    vars: Vec<(String, Var)>,
-    velocity: Vec<Tensor>,
-}
-
-impl Sgd {
-    fn new(map: &VarMap) -> Result<Self> {
-        let mut vars: Vec<(String, Var)> = map
-            .data()
-            .lock()
-            .expect("var map")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let velocity = vars
-            .iter()
-            .map(|(_, v)| v.zeros_like())
-            .collect::<candle_core::Result<_>>()?;
-        Ok(Self { vars, velocity })
-    }
-
-    fn step(&mut self, grads: &candle_core::backprop::GradStore, lr: f64, momentum: f64, decay: f64) -> Result<()> {
-        for ((_, var), vel) in self.vars.iter().zip(self.velocity.iter_mut()) {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
-            let g = (g + (var.as_tensor() * decay)?)?;
-            // Detached: computed from the variables, the velocity would
-            // otherwise carry this step's graph into the next and keep every
-            // earlier step alive (memory grows by the model's size per step).
-            *vel = ((&*vel * momentum)? + g)?.detach();
-            var.set(&(var.as_tensor() - (&*vel * lr)?)?)?;
-        }
-        Ok(())
-    }
-}
-
 /// λ at a step.
 fn lambda(config: &TrainConfig, step: u64) -> f32 {
     LambdaSchedule {
@@ -198,13 +159,9 @@ fn lambda(config: &TrainConfig, step: u64) -> f32 {
     .at(step)
 }
 
-/// Learning rate at a step: linear warm-up, then cosine decay to zero.
+/// Learning rate at a step.
 fn learning_rate(config: &TrainConfig, step: u64) -> f64 {
-    if step < config.warmup {
-        return config.lr * (step + 1) as f64 / config.warmup as f64;
-    }
-    let t = (step - config.warmup) as f64 / (config.steps - config.warmup).max(1) as f64;
-    config.lr * 0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
+    crate::optim::learning_rate(config.lr, config.warmup, config.steps, step)
 }
 
 /// One step's losses and statistics, as logged.
@@ -226,8 +183,6 @@ pub struct StepLog {
     pub teacher_norm: f32,
     /// Learning rate.
     pub lr: f64,
-    /// Crops per second over the last logged stretch.
-    pub img_per_s: f64,
 }
 
 /// A training run over the prepared caches.
@@ -284,57 +239,13 @@ impl Trainer {
         Ok(trainer)
     }
 
-    /// The next step to run.
-    pub fn step(&self) -> u64 {
-        self.step
-    }
-
     /// The backbone.
     pub fn backbone(&self) -> &Backbone {
         &self.net
     }
 
-    fn checkpoint_path(dir: &Path) -> PathBuf {
-        dir.join("checkpoint.safetensors")
-    }
-
-    /// Writes weights, velocities and the step atomically.
-    pub fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir)?;
-        let mut tensors: HashMap<String, Tensor> = HashMap::new();
-        for ((name, var), vel) in self.sgd.vars.iter().zip(&self.sgd.velocity) {
-            tensors.insert(name.clone(), var.as_tensor().clone());
-            tensors.insert(format!("velocity.{name}"), vel.clone());
-        }
-        tensors.insert("step".into(), Tensor::new(&[self.step as u32], &Device::Cpu)?);
-        let tmp = dir.join("checkpoint.safetensors.tmp");
-        candle_core::safetensors::save(&tensors, &tmp)?;
-        std::fs::rename(tmp, Self::checkpoint_path(dir))?;
-        std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&self.config)?)?;
-        Ok(())
-    }
-
     fn resume(&mut self, dir: &Path) -> Result<()> {
-        let path = Self::checkpoint_path(dir);
-        if !path.is_file() {
-            return Ok(());
-        }
-        let saved: TrainConfig = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)
-            .context("the checkpoint's config.json is unreadable")?;
-        if saved != self.config {
-            bail!(
-                "{} was trained with another configuration; use a new --out or the same options",
-                dir.display()
-            );
-        }
-        let t = candle_core::safetensors::load(&path, &Device::Cpu)?;
-        for ((name, var), vel) in self.sgd.vars.iter().zip(self.sgd.velocity.iter_mut()) {
-            let get = |k: &str| t.get(k).with_context(|| format!("checkpoint lacks {k}"));
-            var.set(get(name)?)?;
-            *vel = get(&format!("velocity.{name}"))?.clone();
-        }
-        self.step = u64::from(t.get("step").context("checkpoint lacks step")?.to_vec1::<u32>()?[0]);
-        log::info!("resumed {} at step {}", dir.display(), self.step);
+        self.step = self.sgd.resume(dir, &self.config)?;
         Ok(())
     }
 
@@ -391,8 +302,30 @@ impl Trainer {
         Ok(Some(a_softmax_loss(&f, &self.heads[head], &labels, layer)?))
     }
 
-    /// Runs one step and returns its log line.
-    pub fn train_step(&mut self) -> Result<StepLog> {
+    /// The trained variables by name (backbone and heads).
+    pub fn variables(&self) -> &VarMap {
+        &self.map
+    }
+
+    /// Classes of the two heads.
+    pub fn classes(&self) -> [usize; 2] {
+        self.classes
+    }
+}
+
+impl Training for Trainer {
+    type Log = StepLog;
+
+    fn progress(&self) -> Progress {
+        Progress {
+            position: self.step,
+            steps: self.config.steps,
+            checkpoint_every: self.config.checkpoint_every,
+            images_per_step: self.config.per_source.iter().sum(),
+        }
+    }
+
+    fn train_step(&mut self) -> Result<StepLog> {
         let (x, t, labels) = self.batch()?;
         let s = self.net.forward(&x)?;
         let (s_norm, t_norm) = (
@@ -434,72 +367,34 @@ impl Trainer {
             student_norm: s_norm.mean_all()?.to_scalar::<f32>()?,
             teacher_norm: t_norm.mean_all()?.to_scalar::<f32>()?,
             lr,
-            img_per_s: 0.0,
         };
         self.step += 1;
         Ok(log)
     }
 
-    /// Trains to the configured number of steps, logging to `dir/log.jsonl`
-    /// and checkpointing on the way.
-    pub fn run(&mut self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir)?;
-        let bar = indicatif::ProgressBar::new(self.config.steps);
-        bar.set_position(self.step);
-        let mut log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("log.jsonl"))?;
-        let mut since = (Instant::now(), self.step);
-        let per_step: usize = self.config.per_source.iter().sum();
-        while self.step < self.config.steps {
-            let mut log = self.train_step()?;
-            if !log.loss.is_finite() {
-                bail!("the loss became {} at step {}; lower --lr", log.loss, log.step);
-            }
-            bar.inc(1);
-            if self.step % 20 == 0 || self.step == self.config.steps {
-                log.img_per_s = ((self.step - since.1) as usize * per_step) as f64 / since.0.elapsed().as_secs_f64();
-                since = (Instant::now(), self.step);
-                use std::io::Write;
-                writeln!(log_file, "{}", serde_json::to_string(&log)?)?;
-                bar.set_message(format!(
-                    "loss {:.3} dir {:.3} norm {:.3} heads {:.2} |s| {:.1} |t| {:.1}",
-                    log.loss, log.direction, log.norm, log.heads, log.student_norm, log.teacher_norm
-                ));
-            }
-            if self.step % self.config.checkpoint_every == 0 || self.step == self.config.steps {
-                self.save(dir)?;
-            }
-        }
-        bar.finish();
-        Ok(())
+    fn loss(log: &StepLog) -> f32 {
+        log.loss
     }
 
-    /// The trained variables by name (backbone and heads).
-    pub fn variables(&self) -> &VarMap {
-        &self.map
+    fn describe(log: &StepLog) -> String {
+        format!(
+            "loss {:.3} dir {:.3} norm {:.3} heads {:.2} |s| {:.1} |t| {:.1}",
+            log.loss, log.direction, log.norm, log.heads, log.student_norm, log.teacher_norm
+        )
     }
 
-    /// Classes of the two heads.
-    pub fn classes(&self) -> [usize; 2] {
-        self.classes
+    fn save(&self, dir: &Path) -> Result<()> {
+        self.sgd.save(dir, self.step, &self.config)
     }
 }
 
 /// The backbone of a run folder's checkpoint, for evaluation and export.
 pub fn load_backbone(dir: &Path) -> Result<(Backbone, VarMap, TrainConfig)> {
-    let config: TrainConfig = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("config.json"))
-            .with_context(|| format!("{} holds no training run (config.json)", dir.display()))?,
-    )?;
+    let config: TrainConfig = read_config(dir)?;
     let map = VarMap::new();
     let vb = SeededVars::builder(&map, config.seed, &Device::Cpu);
     let net = Backbone::new(config.backbone.config(), ConvImpl::Fast, vb.pp("backbone"))?;
-    let saved = candle_core::safetensors::load(Trainer::checkpoint_path(dir), &Device::Cpu)?;
-    for (name, var) in map.data().lock().expect("var map").iter() {
-        var.set(saved.get(name).with_context(|| format!("checkpoint lacks {name}"))?)?;
-    }
+    load_weights(&map, dir)?;
     Ok((net, map, config))
 }
 
@@ -546,7 +441,7 @@ mod tests {
         let config = tiny_run(&cache);
         let straight = |dir: &Path| {
             let mut t = Trainer::new(config.clone(), &cache, dir).unwrap();
-            t.run(dir).unwrap();
+            crate::optim::drive(&mut t, dir).unwrap();
             weights(&t)
         };
         let a = straight(&root.join("a"));
@@ -561,36 +456,21 @@ mod tests {
             "velocities must not hold the autograd graph (it would keep every step alive)"
         );
         let mut resumed = Trainer::new(config.clone(), &cache, &root.join("c")).unwrap();
-        assert_eq!(resumed.step(), 3);
-        resumed.run(&root.join("c")).unwrap();
+        assert_eq!(resumed.progress().position, 3);
+        crate::optim::drive(&mut resumed, &root.join("c")).unwrap();
         assert_eq!(a, weights(&resumed), "resumed run ends where the straight one did");
         let other = TrainConfig {
             seed: 2,
             ..config.clone()
         };
         let mut t = Trainer::new(other.clone(), &cache, &root.join("d")).unwrap();
-        t.run(&root.join("d")).unwrap();
+        crate::optim::drive(&mut t, &root.join("d")).unwrap();
         assert_ne!(a, weights(&t), "another seed, other weights");
         let err = Trainer::new(TrainConfig { lr: 0.5, ..config }, &cache, &root.join("c"))
             .err()
             .unwrap();
         assert!(err.to_string().contains("another configuration"), "{err}");
         std::fs::remove_dir_all(root).unwrap();
-    }
-
-    #[test]
-    fn learning_rate_warms_up_then_decays_to_zero() {
-        let c = TrainConfig {
-            steps: 1000,
-            warmup: 100,
-            lr: 0.1,
-            ..TrainConfig::default()
-        };
-        assert!((learning_rate(&c, 0) - 0.001).abs() < 1e-12);
-        assert!((learning_rate(&c, 99) - 0.1).abs() < 1e-12);
-        assert!((learning_rate(&c, 100) - 0.1).abs() < 1e-12);
-        assert!((learning_rate(&c, 550) - 0.05).abs() < 1e-9);
-        assert!(learning_rate(&c, 1000).abs() < 1e-12);
     }
 
     #[test]

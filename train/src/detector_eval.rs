@@ -1,0 +1,364 @@
+//! `normgate-train eval detector`: a detector model file measured against
+//! the teacher's pseudo-labels (score >= 0.8) on the validation split, on
+//! non-face images, and end to end: LFW verification and EDC of a backbone
+//! when crops are aligned from this detector's landmarks instead of the
+//! teacher's.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use image::RgbImage;
+use normgate::detector::{iou, DetectParams, Detector, Face};
+use normgate_core::align::{align_rgb8, ARCFACE_112X112};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::composite::face_free_region;
+use crate::eval::{lfw_edc, lfw_scores, lfw_scores_on, LfwScores, Model};
+use crate::prepare::{fallback_landmarks, main_face, Cache, CROP};
+use crate::verify::lfw_report;
+
+/// Teacher score from which a pseudo-label counts as a face to find.
+pub const REFERENCE_SCORE: f32 = 0.8;
+/// IoU at which a detection finds a reference face.
+pub const MATCH_IOU: f32 = 0.5;
+/// Short side (pixels) from which recall is held to the target.
+pub const RECALL_MIN_SIDE: f32 = 32.0;
+/// Face-free regions of validation images added to the non-face set.
+pub const FACE_FREE_REGIONS: usize = 200;
+
+/// Recall among reference faces of one size range.
+#[derive(Debug, Clone, Serialize)]
+pub struct SizeBucket {
+    /// Short side range, pixels, e.g. `32-64` or `>=128`.
+    pub short_side: String,
+    /// Reference faces in the range.
+    pub faces: usize,
+    /// Those found.
+    pub found: usize,
+    /// `found / faces` (0 without faces).
+    pub recall: f64,
+}
+
+/// LFW through one set of landmarks.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    /// 10-fold accuracy.
+    pub accuracy: f64,
+    /// Its standard deviation.
+    pub std: f64,
+    /// FNMR at FMR 1e-2 before discarding.
+    pub fnmr: f64,
+    /// FNMR after discarding 20 % of pairs by norm.
+    pub fnmr_norm_20: f64,
+}
+
+/// The end-to-end effect of the detector's landmarks on a backbone.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndToEnd {
+    /// The backbone.
+    pub backbone: String,
+    /// Crops aligned from the teacher's landmarks (the prepared cache).
+    pub teacher_landmarks: Verification,
+    /// Crops aligned from this detector's landmarks.
+    pub detector_landmarks: Verification,
+    /// Accuracy with this detector minus with the teacher, points.
+    pub accuracy_difference: f64,
+    /// LFW images in which this detector found no face (aligned by the template fallback, as prepare does).
+    pub no_face: usize,
+}
+
+/// The report.
+#[derive(Debug, Clone, Serialize)]
+pub struct DetectorReport {
+    /// Recall at IoU >= 0.5 of reference faces with a short side >= 32 px.
+    pub recall: f64,
+    /// Mean landmark error over found faces (>= 32 px), normalised by the reference's inter-ocular distance.
+    pub nme: f64,
+    /// Detections per non-face image.
+    pub fp_per_image: f64,
+    /// Recall per short-side range.
+    pub buckets: Vec<SizeBucket>,
+    /// Validation images.
+    pub validation_images: usize,
+    /// Reference faces (all sizes).
+    pub reference_faces: usize,
+    /// Non-face images: the shared non-face patches and face-free regions of validation images.
+    pub non_face_images: usize,
+    /// Detections on them.
+    pub false_positives: usize,
+    /// The device's detection thresholds used.
+    pub score_threshold: f32,
+    /// NMS IoU.
+    pub nms_iou: f32,
+    /// Mean detection time per validation image, ms (this machine, one thread per image).
+    pub ms_per_image: f64,
+    /// LFW with this detector's landmarks against the teacher's, when a backbone was given.
+    pub end_to_end: Option<EndToEnd>,
+}
+
+/// Ranges of the size buckets, pixels.
+const BUCKETS: [(f32, f32, &str); 4] = [
+    (16.0, 32.0, "16-32"),
+    (32.0, 64.0, "32-64"),
+    (64.0, 128.0, "64-128"),
+    (128.0, f32::INFINITY, ">=128"),
+];
+
+/// One reference face's outcome.
+struct Outcome {
+    short_side: f32,
+    /// Normalised landmark error when found.
+    nme: Option<f64>,
+}
+
+/// Greedy matching by IoU (best pairs first): each reference face's outcome.
+fn match_faces(reference: &[Face], detected: &[Face]) -> Vec<Outcome> {
+    let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
+    for (r, a) in reference.iter().enumerate() {
+        for (d, b) in detected.iter().enumerate() {
+            let o = iou(&a.bbox, &b.bbox);
+            if o >= MATCH_IOU {
+                pairs.push((o, r, d));
+            }
+        }
+    }
+    pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let (mut used_r, mut used_d) = (vec![None; reference.len()], vec![false; detected.len()]);
+    for (_, r, d) in pairs {
+        if used_r[r].is_none() && !used_d[d] {
+            used_r[r] = Some(d);
+            used_d[d] = true;
+        }
+    }
+    reference
+        .iter()
+        .zip(used_r)
+        .map(|(r, d)| Outcome {
+            short_side: r.short_side(),
+            nme: d.map(|d| landmark_error(r, &detected[d])),
+        })
+        .collect()
+}
+
+/// Mean distance of the five landmarks over the reference's inter-ocular distance.
+fn landmark_error(reference: &Face, detected: &Face) -> f64 {
+    let dist = |a: [f32; 2], b: [f32; 2]| f64::from(((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt());
+    let ocular = dist(reference.landmarks[0], reference.landmarks[1]).max(1.0);
+    let sum: f64 = reference
+        .landmarks
+        .iter()
+        .zip(&detected.landmarks)
+        .map(|(&a, &b)| dist(a, b))
+        .sum();
+    sum / 5.0 / ocular
+}
+
+fn read_rgb(path: &Path) -> Result<RgbImage> {
+    Ok(image::open(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .to_rgb8())
+}
+
+/// The non-face images: the shared non-face patches and face-free regions of validation images.
+fn non_face_images(data: &Path, validation: &[(RgbImage, Vec<Face>)]) -> Result<Vec<RgbImage>> {
+    let dir = data.join("faces_nonfaces/nonface");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    let mut images = files.iter().map(|f| read_rgb(f)).collect::<Result<Vec<_>>>()?;
+    let mut rng = StdRng::seed_from_u64(11);
+    images.extend((0..FACE_FREE_REGIONS).filter_map(|_| face_free_region(validation, 160, &mut rng)));
+    Ok(images)
+}
+
+/// Measures `detector` on the validation split under `data` (pseudo-labels in `cache_dir`).
+pub fn evaluate(
+    detector: &Detector,
+    data: &Path,
+    cache_dir: &Path,
+    params: &DetectParams,
+    backbone: Option<&Model>,
+) -> Result<DetectorReport> {
+    let labels: Vec<_> = crate::pseudo::load(cache_dir)?
+        .into_iter()
+        .filter(|l| l.validation)
+        .collect();
+    let validation: Vec<(RgbImage, Vec<Face>)> = labels
+        .par_iter()
+        .map(|l| {
+            Ok((
+                read_rgb(&data.join(&l.path))?,
+                l.faces.iter().map(|f| f.face()).collect(),
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let start = std::time::Instant::now();
+    let outcomes: Vec<Outcome> = validation
+        .par_iter()
+        .map(|(image, faces)| {
+            let reference: Vec<Face> = faces.iter().filter(|f| f.score >= REFERENCE_SCORE).copied().collect();
+            Ok(match_faces(&reference, &detector.detect(image, params)?))
+        })
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    let ms_per_image =
+        start.elapsed().as_secs_f64() * 1e3 * rayon::current_num_threads() as f64 / validation.len().max(1) as f64;
+    let buckets = BUCKETS
+        .iter()
+        .map(|&(lo, hi, name)| {
+            let inside: Vec<&Outcome> = outcomes
+                .iter()
+                .filter(|o| o.short_side >= lo && o.short_side < hi)
+                .collect();
+            let found = inside.iter().filter(|o| o.nme.is_some()).count();
+            SizeBucket {
+                short_side: name.into(),
+                faces: inside.len(),
+                found,
+                recall: ratio(found, inside.len()),
+            }
+        })
+        .collect();
+    let large: Vec<&Outcome> = outcomes.iter().filter(|o| o.short_side >= RECALL_MIN_SIDE).collect();
+    let errors: Vec<f64> = large.iter().filter_map(|o| o.nme).collect();
+    let non_faces = non_face_images(data, &validation)?;
+    let false_positives: usize = non_faces
+        .par_iter()
+        .map(|image| Ok(detector.detect(image, params)?.len()))
+        .collect::<Result<Vec<_>>>()?
+        .iter()
+        .sum();
+    let end_to_end = backbone
+        .map(|model| end_to_end(detector, model, data, cache_dir, params))
+        .transpose()?;
+    Ok(DetectorReport {
+        recall: ratio(errors.len(), large.len()),
+        nme: errors.iter().sum::<f64>() / errors.len().max(1) as f64,
+        fp_per_image: ratio(false_positives, non_faces.len()),
+        buckets,
+        validation_images: validation.len(),
+        reference_faces: outcomes.len(),
+        non_face_images: non_faces.len(),
+        false_positives,
+        score_threshold: params.score_threshold,
+        nms_iou: params.nms_iou,
+        ms_per_image,
+        end_to_end,
+    })
+}
+
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+fn verification(lfw: &LfwScores) -> Verification {
+    let report = lfw_report(&lfw.pairs);
+    let edc = lfw_edc(lfw);
+    Verification {
+        accuracy: report.accuracy,
+        std: report.std,
+        fnmr: edc.fnmr,
+        fnmr_norm_20: edc
+            .points
+            .iter()
+            .find(|p| p.discard_percent == 20)
+            .map_or(f64::NAN, |p| p.fnmr_norm),
+    }
+}
+
+/// LFW with crops aligned from `detector`'s landmarks (the main face, as
+/// prepare picks it) against the prepared teacher-aligned crops.
+fn end_to_end(
+    detector: &Detector,
+    model: &Model,
+    data: &Path,
+    cache_dir: &Path,
+    params: &DetectParams,
+) -> Result<EndToEnd> {
+    let pairs_file = data.join("lfw/pairs.txt");
+    let text = std::fs::read_to_string(&pairs_file).with_context(|| format!("cannot read {}", pairs_file.display()))?;
+    let teacher = lfw_scores(model, data, cache_dir, false)?;
+    let reference = &teacher.cache;
+    let aligned: Vec<(Vec<u8>, bool)> = reference
+        .paths
+        .par_iter()
+        .map(|p| {
+            let rel = p.split('\t').next().unwrap_or(p);
+            let image = read_rgb(&data.join(rel))?;
+            let found = main_face(&detector.detect(&image, params)?, image.width(), image.height());
+            let landmarks = found.map_or_else(
+                || fallback_landmarks(&ARCFACE_112X112, image.width(), image.height()),
+                |f| f.landmarks,
+            );
+            let mut crop = vec![0u8; CROP * CROP * 3];
+            align_rgb8(
+                image.as_raw(),
+                image.width(),
+                image.height(),
+                &landmarks,
+                &ARCFACE_112X112,
+                &mut crop,
+            )
+            .with_context(|| format!("cannot align {rel}"))?;
+            Ok((crop, found.is_none()))
+        })
+        .collect::<Result<_>>()?;
+    let no_face = aligned.iter().filter(|(_, missed)| *missed).count();
+    let cache = Cache {
+        crops: aligned.into_iter().flat_map(|(c, _)| c).collect(),
+        labels: reference.labels.clone(),
+        teacher: Vec::new(),
+        teacher_flip: Vec::new(),
+        dim: 0,
+        paths: reference.paths.clone(),
+    };
+    let ours = lfw_scores_on(model, &text, cache, false)?;
+    let (teacher_landmarks, detector_landmarks) = (verification(&teacher), verification(&ours));
+    Ok(EndToEnd {
+        backbone: match model {
+            Model::Onnx(path, _) => path.display().to_string(),
+            Model::Checkpoint(dir) => dir.display().to_string(),
+            Model::Teacher => "teacher".into(),
+        },
+        accuracy_difference: 100.0 * (detector_landmarks.accuracy - teacher_landmarks.accuracy),
+        teacher_landmarks,
+        detector_landmarks,
+        no_face,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::synthetic_face;
+
+    #[test]
+    fn matching_pairs_best_overlaps_once_and_measures_landmarks() {
+        let a = synthetic_face([0.0, 0.0, 40.0, 40.0]);
+        let b = synthetic_face([100.0, 0.0, 120.0, 20.0]);
+        // One detection shifted by 2 px (IoU 0.82), one far from anything, none for b.
+        let mut shifted = synthetic_face([2.0, 0.0, 42.0, 40.0]);
+        shifted.score = 0.9;
+        let far = synthetic_face([300.0, 300.0, 340.0, 340.0]);
+        let out = match_faces(&[a, b], &[far, shifted]);
+        assert_eq!(out.len(), 2);
+        // Every landmark 2 px off, eyes 16 px apart.
+        assert!((out[0].nme.unwrap() - 2.0 / 16.0).abs() < 1e-6);
+        assert!(out[1].nme.is_none());
+        assert_eq!((out[0].short_side, out[1].short_side), (40.0, 20.0));
+        // Two references over one detection: only one is found.
+        let twice = match_faces(&[a, a], &[shifted]);
+        assert_eq!(twice.iter().filter(|o| o.nme.is_some()).count(), 1);
+    }
+}
