@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use criterion::{criterion_group, criterion_main, Criterion};
 use image::RgbImage;
 use normgate::card::ModelCard;
-use normgate::detector::{DetectParams, Detector};
+use normgate::detector::{letterbox, DetectParams, Detector};
 use normgate::embedder::Embedder;
 
 fn root() -> &'static Path {
@@ -56,6 +56,10 @@ fn stages(c: &mut Criterion) {
     for model in paths("NORMGATE_BENCH_DETECTORS", "models/detector.onnx") {
         let d = Detector::load(&model, &ModelCard::path_for(&model)).unwrap();
         let name = model.file_name().unwrap().to_string_lossy().to_string();
+        let side = ModelCard::load(&ModelCard::path_for(&model)).unwrap().width;
+        group.bench_function(format!("letterbox 640x480 to {side} ({name})"), |b| {
+            b.iter(|| letterbox(&frame, side, [128; 3]))
+        });
         group.bench_function(format!("detect 640x480 {name}"), |b| {
             b.iter(|| d.detect(&frame, &DetectParams::default()).unwrap())
         });

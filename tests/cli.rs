@@ -28,15 +28,15 @@ fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
 }
 
-/// `run` with models, into `dir`, without the metrics endpoint; `None` when no model is at hand.
-fn run_args(dir: &Path, extra: &[&str]) -> Option<Vec<String>> {
+/// `run` with the shipped models, into `dir`, without the metrics endpoint.
+fn run_args(dir: &Path, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = ["run", "--json", "--metrics", "off"].map(String::from).to_vec();
-    args.extend(model_flags(dir)?);
+    args.extend(model_flags());
     for (flag, name) in [("--sink", "spool"), ("--decisions", "decisions.jsonl")] {
         args.extend([flag.to_string(), dir.join(name).display().to_string()]);
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    Some(args)
+    args
 }
 
 fn strs(args: &[String]) -> Vec<&str> {
@@ -45,18 +45,7 @@ fn strs(args: &[String]) -> Vec<&str> {
 
 #[test]
 fn the_readme_main_command_runs_on_the_embedded_default() {
-    let shipped = ["detector", "backbone"].map(|m| root().join("models").join(format!("{m}.onnx")));
-    let out = normgate(&["run", "--json", "--metrics", "off"], None);
-    if let Some(missing) = shipped.iter().find(|m| !m.is_file()) {
-        // Until the project ships both models, the run must say which is missing and how to fix it.
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
-        let name = missing.file_name().unwrap().to_str().unwrap();
-        assert!(stderr.contains(name) && stderr.contains("not found"), "{stderr}");
-        eprintln!("skipped the full run: models/{name} is not shipped yet");
-        return;
-    }
-    let v = json(&out);
+    let v = json(&normgate(&["run", "--json", "--metrics", "off"], None));
     let bundled = std::fs::read_dir(root().join("samples"))
         .unwrap()
         .filter(|e| {
@@ -66,14 +55,14 @@ fn the_readme_main_command_runs_on_the_embedded_default() {
         .count();
     assert_eq!(v["cameras"][0]["frames"], bundled as u64);
     assert_eq!(v["cameras"][0]["decode_errors"], 0);
+    // The astronaut's face is found (the other samples hold none).
+    assert!(v["cameras"][0]["faces"].as_u64() >= Some(1), "{v}");
 }
 
 #[test]
 fn corrupt_stream_frames_are_counted_and_skipped() {
     let dir = scratch("corrupt");
-    let Some(args) = run_args(&dir, &["--source", "-"]) else {
-        return;
-    };
+    let args = run_args(&dir, &["--source", "-"]);
     let good = jpeg(&sample("astronaut.png"));
     let other = jpeg(&sample("coffee.png"));
     let truncated = &good[..good.len() / 2];
@@ -93,9 +82,7 @@ fn truncated_files_in_a_directory_are_counted() {
     std::fs::write(frames.join("a.jpg"), &good).unwrap();
     std::fs::write(frames.join("b.jpg"), &good[..100]).unwrap();
     std::fs::write(frames.join("c.png"), b"").unwrap();
-    let Some(args) = run_args(&dir, &["--source", frames.to_str().unwrap()]) else {
-        return;
-    };
+    let args = run_args(&dir, &["--source", frames.to_str().unwrap()]);
     let v = json(&normgate(&strs(&args), None));
     let camera = &v["cameras"][0];
     assert_eq!(
@@ -108,7 +95,7 @@ fn truncated_files_in_a_directory_are_counted() {
 #[test]
 fn embed_prints_the_norm_of_each_image_and_says_which_failed() {
     let dir = scratch("embed");
-    let Some(models) = model_flags(&dir) else { return };
+    let models = model_flags();
     let (detector, embedder) = (&models[1], &models[3]);
     let face = root().join("samples/astronaut.png");
     let brick = root().join("samples/brick.png");

@@ -84,43 +84,13 @@ pub fn teacher(file: &str) -> Option<PathBuf> {
     }
 }
 
-/// A model for a run: the project's own in `models/` when it ships one,
-/// else the teacher linked into `dir` beside a copy of its card.
-fn model(dir: &Path, shipped: &str, teacher_file: &str, teacher_card: &str) -> Option<PathBuf> {
-    let own = root().join("models").join(shipped);
-    if own.is_file() {
-        return Some(own);
-    }
-    let onnx = teacher(teacher_file)?;
-    let linked = dir.join(shipped);
-    let _ = std::fs::remove_file(&linked);
-    std::os::unix::fs::symlink(&onnx, &linked).unwrap();
-    std::fs::copy(
-        root().join("train/teachers").join(teacher_card),
-        linked.with_extension("toml"),
-    )
-    .unwrap();
-    Some(linked)
-}
-
-/// `--detector` and `--embedder` flags for a run, or `None` when no model is at hand.
-pub fn model_flags(dir: &Path) -> Option<Vec<String>> {
-    let detector = model(
-        dir,
-        "detector.onnx",
-        "retinaface_mnet025_opset13.onnx",
-        "retinaface_mnet025.toml",
-    )?;
-    let embedder = model(
-        dir,
-        "backbone.onnx",
-        "mobilefacenet_foamliu_fp32.onnx",
-        "mobilefacenet.toml",
-    )?;
-    Some(vec![
+/// `--detector` and `--embedder` flags naming the models the project ships.
+pub fn model_flags() -> Vec<String> {
+    let shipped = |name: &str| root().join("models").join(name).display().to_string();
+    vec![
         "--detector".into(),
-        detector.display().to_string(),
+        shipped("detector.onnx"),
         "--embedder".into(),
-        embedder.display().to_string(),
-    ])
+        shipped("backbone.onnx"),
+    ]
 }
