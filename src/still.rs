@@ -14,14 +14,26 @@ pub fn main_face(faces: &[Face]) -> Option<&Face> {
 }
 
 /// The feature of the image's main face (with the face), or of the image
-/// itself when `detector` is `None` (a crop already on the embedder's
-/// template, or on the ArcFace 112x112 one for a SphereFace 112x96 embedder).
+/// itself when `detector` is `None` (see [`aligned_main_face`]).
 pub fn embed_main_face(
     image: RgbImage,
     detector: Option<&Detector>,
     embedder: &Embedder,
 ) -> Result<(Vec<f32>, Option<Face>)> {
-    let (crop, face) = match detector {
+    let (crop, face) = aligned_main_face(image, detector, embedder)?;
+    Ok((embedder.embed(&[crop])?.remove(0), face))
+}
+
+/// The image's main face aligned to the embedder's template (with the
+/// face), or the image itself when `detector` is `None`: a crop already on
+/// the embedder's template, or on the ArcFace 112x112 one for a SphereFace
+/// 112x96 embedder.
+pub fn aligned_main_face(
+    image: RgbImage,
+    detector: Option<&Detector>,
+    embedder: &Embedder,
+) -> Result<(RgbImage, Option<Face>)> {
+    Ok(match detector {
         None => {
             let t = embedder.template();
             let crop = match (image.dimensions(), (t.width, t.height)) {
@@ -43,6 +55,5 @@ pub fn embed_main_face(
             };
             (embedder.align(&image, &face.landmarks)?, Some(face))
         }
-    };
-    Ok((embedder.embed(&[crop])?.remove(0), face))
+    })
 }

@@ -237,6 +237,9 @@ struct NormsArgs {
     /// Also list the images whose norm is below this threshold (below.txt).
     #[arg(long)]
     list_below: Option<f32>,
+    /// Also write contact.png: the N lowest-norm faces above, the N highest below.
+    #[arg(long)]
+    contact_sheet: Option<usize>,
     /// TrueType font for the histogram's labels (none drawn when absent).
     #[arg(long, default_value = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")]
     font: PathBuf,
@@ -659,6 +662,10 @@ fn norms(args: NormsArgs) -> Result<()> {
     bar.finish_and_clear();
     let font = Some(args.font.as_path()).filter(|f| f.is_file());
     let s = norms::write_outputs(&measured, &args.drop_rates, args.list_below, font, &args.out)?;
+    if let Some(n) = args.contact_sheet {
+        let sheet = norms::contact_sheet(&args.root, &measured, n, detector.as_ref(), &embedder)?;
+        sheet.save(args.out.join("contact.png"))?;
+    }
     print_report(args.json, &s, |s| {
         let marks: Vec<String> = s
             .thresholds

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use normgate::detector::Detector;
 use normgate::embedder::Embedder;
-use normgate::still::embed_main_face;
+use normgate::still::{aligned_main_face, embed_main_face};
 use normgate_core::norm::l2_norm;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -151,6 +151,52 @@ pub fn histogram_png(norms: &[f32], marks: &[Threshold], font: Option<&Path>, ou
     Ok(())
 }
 
+/// A contact sheet: the aligned main faces of the `n` lowest-norm images
+/// (top rows) and of the `n` highest (bottom rows), `per_row` to a row, in
+/// norm order, so one can see what a NormSelect threshold would drop.
+pub fn contact_sheet(
+    root: &Path,
+    measured: &[Measured],
+    n: usize,
+    detector: Option<&Detector>,
+    embedder: &Embedder,
+) -> Result<image::RgbImage> {
+    let mut ranked: Vec<(&Measured, f32)> = measured
+        .iter()
+        .filter_map(|m| m.norm.as_ref().ok().map(|&v| (m, v)))
+        .collect();
+    ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let n = n.min(ranked.len() / 2);
+    if n == 0 {
+        bail!("a contact sheet needs at least two measured faces");
+    }
+    let chosen: Vec<&Measured> = ranked[..n]
+        .iter()
+        .chain(&ranked[ranked.len() - n..])
+        .map(|(m, _)| *m)
+        .collect();
+    let crops = chosen
+        .iter()
+        .map(|m| {
+            let path = root.join(&m.path);
+            let image = image::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            Ok(aligned_main_face(image.to_rgb8(), detector, embedder)?.0)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (w, h) = crops[0].dimensions();
+    let per_row = n.min(12) as u32;
+    let rows_per_half = (n as u32).div_ceil(per_row);
+    let gap = 8;
+    let mut sheet = image::RgbImage::from_pixel(per_row * w, 2 * rows_per_half * h + gap, image::Rgb([255, 255, 255]));
+    for (i, crop) in crops.iter().enumerate() {
+        let (half, k) = ((i / n) as u32, (i % n) as u32);
+        let x = (k % per_row) * w;
+        let y = half * (rows_per_half * h + gap) + (k / per_row) * h;
+        image::imageops::replace(&mut sheet, crop, i64::from(x), i64::from(y));
+    }
+    Ok(sheet)
+}
+
 /// What `write_outputs` wrote and found.
 #[derive(Debug, Clone, Serialize)]
 pub struct NormsSummary {
@@ -230,6 +276,45 @@ mod tests {
         assert_eq!(found, ["a.jpg", "b/1.jpeg", "b/c/2.PNG"].map(PathBuf::from));
         let err = images_under(&dir.join("a.jpg")).unwrap_err().to_string();
         assert!(err.contains("is not a folder"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_contact_sheet_shows_the_lowest_faces_above_and_the_highest_below() {
+        use crate::backbone::{Backbone, ConvImpl};
+        use crate::export::{backbone_card, backbone_model, collect_weights, write};
+        let dir = std::env::temp_dir().join(format!("normgate-norms-sheet-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config = crate::testing::tiny_backbone([4, 4, 4], [0, 0, 0], 4);
+        (config.height, config.width) = (112, 96);
+        let map = candle_nn::VarMap::new();
+        let vb = crate::vars::SeededVars::builder(&map, 1, &candle_core::Device::Cpu);
+        Backbone::new(config, ConvImpl::Fast, vb.pp("backbone")).unwrap();
+        let model = dir.join("tiny.onnx");
+        let proto = backbone_model(&config, &collect_weights(&map, "backbone").unwrap()).unwrap();
+        write(&proto, &backbone_card(&config, None), &model).unwrap();
+        let embedder = Embedder::load(&model, &normgate::card::ModelCard::path_for(&model), 1).unwrap();
+        // Five aligned crops of one grey level each; the norms rank them 3, 0, 4, 1, 2.
+        let norms = [2.0, 4.0, 5.0, 1.0, 3.0];
+        let measured: Vec<Measured> = (0..5u8)
+            .map(|i| {
+                let name = format!("{i}.png");
+                image::RgbImage::from_pixel(96, 112, image::Rgb([i * 50; 3]))
+                    .save(dir.join(&name))
+                    .unwrap();
+                Measured {
+                    path: PathBuf::from(name),
+                    norm: Ok(norms[i as usize]),
+                }
+            })
+            .collect();
+        let sheet = contact_sheet(&dir, &measured, 2, None, &embedder).unwrap();
+        assert_eq!(sheet.dimensions(), (2 * 96, 2 * 112 + 8));
+        let grey = |x: u32, y: u32| sheet.get_pixel(x, y).0[0];
+        // Lowest two (images 3 then 0) above; highest two (1 then 2) below.
+        assert_eq!([grey(10, 10), grey(106, 10)], [150, 0]);
+        assert_eq!([grey(10, 130), grey(106, 130)], [50, 100]);
+        assert!(contact_sheet(&dir, &measured[..1], 2, None, &embedder).is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
