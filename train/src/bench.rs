@@ -1,8 +1,8 @@
 //! `normgate-train bench embed`: the device's per-crop embedding time of
 //! several model files (e.g. fp32, QDQ and QOperator), interleaved in one run.
 //!
-//! `normgate-train bench step`: training steps of the shipped backbone with
-//! this crate's convolution ops and with candle's built-in ones, side by side
+//! `normgate-train bench step`: training steps of the shipped backbone (or
+//! detector) with this crate's convolution ops and with candle's built-in ones, side by side
 //! in one run (interleaved, so machine noise hits both), at several thread
 //! counts. Each thread count runs in a child process with `RAYON_NUM_THREADS`
 //! set, because candle and rayon read it once per process.
@@ -15,6 +15,8 @@ use candle_nn::{Optimizer, VarMap, SGD};
 use serde::Serialize;
 
 use crate::backbone::{Backbone, BackboneConfig, ConvImpl};
+use crate::detector_train::DetectorTrainConfig;
+use crate::facenet::{DetectorConfig, FaceNet};
 use crate::vars::SeededVars;
 
 /// Timings of one implementation at one thread count.
@@ -43,31 +45,94 @@ pub struct StepBench {
     pub forward_gflops: f64,
 }
 
+/// Which shipped architecture a step trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The backbone on 112x96 crops.
+    Backbone,
+    /// The detector on its training canvas.
+    Detector,
+}
+
+impl Network {
+    /// Input `[C, H, W]` of one image.
+    fn input(self) -> (usize, usize, usize) {
+        match self {
+            Network::Backbone => (3, BackboneConfig::SHIPPED.height, BackboneConfig::SHIPPED.width),
+            Network::Detector => {
+                let side = DetectorTrainConfig::default().canvas as usize;
+                (3, side, side)
+            }
+        }
+    }
+
+    /// Forward FLOPs of one image.
+    pub fn forward_flops(self) -> u64 {
+        match self {
+            Network::Backbone => BackboneConfig::SHIPPED.forward_flops(),
+            Network::Detector => self.detector_config().forward_flops(),
+        }
+    }
+
+    /// The detector at its training canvas size.
+    fn detector_config(self) -> DetectorConfig {
+        DetectorConfig {
+            input: DetectorTrainConfig::default().canvas as usize,
+            ..DetectorConfig::SHIPPED
+        }
+    }
+}
+
+enum Net {
+    Backbone(Backbone),
+    Detector(FaceNet),
+}
+
 struct Trainer {
-    net: Backbone,
+    net: Net,
     optimizer: SGD,
 }
 
 impl Trainer {
     /// Same seed, same initial weights for both paths.
-    fn new(conv: ConvImpl, config: BackboneConfig) -> Result<Self> {
+    fn new(conv: ConvImpl, network: Network) -> Result<Self> {
         let vars = VarMap::new();
-        let net = Backbone::new(config, conv, SeededVars::builder(&vars, 7, &Device::Cpu))?;
+        let vb = SeededVars::builder(&vars, 7, &Device::Cpu);
+        let net = match network {
+            Network::Backbone => Net::Backbone(Backbone::new(BackboneConfig::SHIPPED, conv, vb)?),
+            Network::Detector => Net::Detector(FaceNet::with_conv(network.detector_config(), conv, vb)?),
+        };
         let optimizer = SGD::new(vars.all_vars(), 1e-3)?;
         Ok(Self { net, optimizer })
     }
 
-    /// One step of feature regression (the distillation loss's shape), returning seconds.
-    fn step(&mut self, x: &Tensor, target: &Tensor) -> Result<f64> {
+    /// Every output of the network, flattened per image.
+    fn outputs(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        Ok(match &self.net {
+            Net::Backbone(n) => vec![n.forward(x)?],
+            Net::Detector(n) => n.forward(x)?.to_vec(),
+        })
+    }
+
+    /// One step of regression of every output to zero (the losses' shape), returning seconds.
+    fn step(&mut self, x: &Tensor) -> Result<f64> {
         let start = Instant::now();
-        let loss = (self.net.forward(x)? - target)?.sqr()?.mean_all()?;
+        let losses = self
+            .outputs(x)?
+            .iter()
+            .map(|o| o.sqr()?.mean_all())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let loss = Tensor::stack(&losses, 0)?.sum_all()?;
         self.optimizer.backward_step(&loss)?;
         Ok(start.elapsed().as_secs_f64())
     }
 
     fn forward(&self, x: &Tensor) -> Result<f64> {
         let start = Instant::now();
-        self.net.forward(x)?.sum_all()?.to_scalar::<f32>()?;
+        for o in self.outputs(x)? {
+            o.sum_all()?.to_scalar::<f32>()?;
+        }
         Ok(start.elapsed().as_secs_f64())
     }
 }
@@ -78,13 +143,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Runs the comparison in this process (RAYON_NUM_THREADS already set).
-pub fn worker(batch: usize, rounds: usize) -> Result<StepBench> {
-    let config = BackboneConfig::SHIPPED;
-    let x = Tensor::randn(0f32, 1.0, (batch, 3, config.height, config.width), &Device::Cpu)?;
-    let target = Tensor::randn(0f32, 1.0, (batch, config.feature_dim), &Device::Cpu)?;
+pub fn worker(network: Network, batch: usize, rounds: usize) -> Result<StepBench> {
+    let (c, h, w) = network.input();
+    let x = Tensor::randn(0f32, 1.0, (batch, c, h, w), &Device::Cpu)?;
     let mut paths = [
-        Trainer::new(ConvImpl::Fast, config)?,
-        Trainer::new(ConvImpl::Builtin, config)?,
+        Trainer::new(ConvImpl::Fast, network)?,
+        Trainer::new(ConvImpl::Builtin, network)?,
     ];
     let mut steps = [Vec::new(), Vec::new()];
     let mut forwards = [Vec::new(), Vec::new()];
@@ -92,9 +156,9 @@ pub fn worker(batch: usize, rounds: usize) -> Result<StepBench> {
         for (i, p) in paths.iter_mut().enumerate() {
             // Untimed: after the other path ran, caches and the allocator's
             // pages are cold, which back-to-back training steps never see.
-            p.step(&x, &target)?;
+            p.step(&x)?;
             forwards[i].push(p.forward(&x)?);
-            steps[i].push(p.step(&x, &target)?);
+            steps[i].push(p.step(&x)?);
         }
     }
     let timing = |i: usize| {
@@ -109,14 +173,14 @@ pub fn worker(batch: usize, rounds: usize) -> Result<StepBench> {
     Ok(StepBench {
         threads: rayon::current_num_threads(),
         speedup: fast.img_per_s / builtin.img_per_s,
-        forward_gflops: config.forward_flops() as f64 * fast.forward_img_per_s / 1e9,
+        forward_gflops: network.forward_flops() as f64 * fast.forward_img_per_s / 1e9,
         fast,
         builtin,
     })
 }
 
 /// Runs one worker process per thread count and collects their results.
-pub fn run(threads: &[usize], batch: usize, rounds: usize) -> Result<Vec<StepBench>> {
+pub fn run(network: Network, threads: &[usize], batch: usize, rounds: usize) -> Result<Vec<StepBench>> {
     let exe = std::env::current_exe().context("cannot find this program to run the workers")?;
     let mut out = Vec::new();
     for &t in threads {
@@ -126,6 +190,11 @@ pub fn run(threads: &[usize], batch: usize, rounds: usize) -> Result<Vec<StepBen
                 "bench",
                 "step",
                 "--worker",
+                "--network",
+                match network {
+                    Network::Backbone => "backbone",
+                    Network::Detector => "detector",
+                },
                 "--batch",
                 &batch.to_string(),
                 "--rounds",

@@ -102,13 +102,12 @@ impl Head {
     }
 
     /// `[B, C, H, W]` -> `[B, H * W * anchors, per_anchor]`, cells row by row.
-    fn forward(&self, x: &Tensor, per_anchor: usize) -> Result<Tensor> {
-        let y = conv2d(x, &self.weight, ConvParams { stride: 1, pad: 1 })?.broadcast_add(&self.bias.reshape((
-            1,
-            (),
-            1,
-            1,
-        ))?)?;
+    fn forward(&self, x: &Tensor, per_anchor: usize, conv: ConvImpl) -> Result<Tensor> {
+        let y = match conv {
+            ConvImpl::Fast => conv2d(x, &self.weight, ConvParams { stride: 1, pad: 1 })?,
+            ConvImpl::Builtin => x.conv2d(&self.weight, 1, 1, 1, 1)?,
+        };
+        let y = y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
         let b = y.dim(0)?;
         y.permute((0, 2, 3, 1))?.contiguous()?.reshape((b, (), per_anchor))
     }
@@ -117,6 +116,7 @@ impl Head {
 /// The detector network.
 pub struct FaceNet {
     config: DetectorConfig,
+    conv: ConvImpl,
     /// Each stride-2 layer with its residual units.
     layers: Vec<(ConvUnit, Vec<(ConvUnit, ConvUnit)>)>,
     /// Per level, the loc, conf and landmark heads.
@@ -124,8 +124,13 @@ pub struct FaceNet {
 }
 
 impl FaceNet {
-    /// Builds (or loads, through `vb`) the network.
+    /// Builds (or loads, through `vb`) the network on this crate's fast convolution.
     pub fn new(config: DetectorConfig, vb: VarBuilder) -> Result<Self> {
+        Self::with_conv(config, ConvImpl::Fast, vb)
+    }
+
+    /// Builds the network on a chosen convolution (candle's own for comparisons).
+    pub fn with_conv(config: DetectorConfig, conv: ConvImpl, vb: VarBuilder) -> Result<Self> {
         let mut layers = Vec::new();
         let mut c = 3;
         for (i, (&w, &units)) in config.widths.iter().zip(&config.units).enumerate() {
@@ -149,7 +154,12 @@ impl FaceNet {
                 ])
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { config, layers, heads })
+        Ok(Self {
+            config,
+            conv,
+            layers,
+            heads,
+        })
     }
 
     /// The architecture.
@@ -162,9 +172,9 @@ impl FaceNet {
         let mut x = x.clone();
         let mut levels = Vec::new();
         for (i, (down, units)) in self.layers.iter().enumerate() {
-            x = down.forward(&x, ConvImpl::Fast)?;
+            x = down.forward(&x, self.conv)?;
             for (a, b) in units {
-                x = (&x + b.forward(&a.forward(&x, ConvImpl::Fast)?, ConvImpl::Fast)?)?;
+                x = (&x + b.forward(&a.forward(&x, self.conv)?, self.conv)?)?;
             }
             if i >= 2 {
                 levels.push(x.clone());
@@ -173,7 +183,7 @@ impl FaceNet {
         let mut outputs: [Vec<Tensor>; 3] = Default::default();
         for (feature, heads) in levels.iter().zip(&self.heads) {
             for (k, (head, (_, per_anchor))) in heads.iter().zip(HEADS).enumerate() {
-                outputs[k].push(head.forward(feature, per_anchor)?);
+                outputs[k].push(head.forward(feature, per_anchor, self.conv)?);
             }
         }
         let [loc, conf, landmarks] = outputs;

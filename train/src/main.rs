@@ -410,9 +410,12 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Training steps of the shipped backbone: this crate's convolution ops
-    /// against candle's built-in ones, interleaved, per thread count.
+    /// Training steps of the shipped backbone (or detector): this crate's
+    /// convolution ops against candle's built-in ones, interleaved, per thread count.
     Step {
+        /// The architecture trained.
+        #[arg(long, value_enum, default_value = "backbone")]
+        network: bench::Network,
         /// Images per step.
         #[arg(long, default_value_t = 64)]
         batch: usize,
@@ -431,32 +434,52 @@ enum BenchCommand {
     },
 }
 
-fn bench_step(batch: usize, rounds: usize, threads: &[usize], json: bool, worker: bool) -> Result<()> {
-    if worker {
-        println!("{}", serde_json::to_string(&bench::worker(batch, rounds)?)?);
+/// What `bench step` measures.
+struct StepArgs<'a> {
+    network: bench::Network,
+    batch: usize,
+    rounds: usize,
+    threads: &'a [usize],
+    json: bool,
+    worker: bool,
+}
+
+fn bench_step(a: StepArgs) -> Result<()> {
+    let (network, batch, rounds) = (a.network, a.batch, a.rounds);
+    if a.worker {
+        println!("{}", serde_json::to_string(&bench::worker(network, batch, rounds)?)?);
         return Ok(());
     }
-    let results = bench::run(threads, batch, rounds)?;
-    let config = BackboneConfig::SHIPPED;
+    let results = bench::run(network, a.threads, batch, rounds)?;
+    let (architecture, parameters) = match network {
+        bench::Network::Backbone => {
+            let c = BackboneConfig::SHIPPED;
+            (serde_json::to_value(c)?, c.parameters())
+        }
+        bench::Network::Detector => {
+            let c = normgate_train::facenet::DetectorConfig::SHIPPED;
+            (serde_json::to_value(c)?, c.parameters())
+        }
+    };
     let first = &results[0];
-    if json {
+    if a.json {
         let out = serde_json::json!({
             "img_per_s": first.fast.img_per_s,
             "baseline_img_per_s": first.builtin.img_per_s,
             "forward_gflops": first.forward_gflops,
             "threads": first.threads,
             "batch": batch,
-            "architecture": config,
-            "parameters": config.parameters(),
-            "forward_flops_per_image": config.forward_flops(),
+            "network": network,
+            "architecture": architecture,
+            "parameters": parameters,
+            "forward_flops_per_image": network.forward_flops(),
             "runs": results,
         });
         println!("{out}");
     } else {
         println!(
-            "backbone: {} parameters, {:.3} GFLOP per image; batch {batch}",
-            config.parameters(),
-            config.forward_flops() as f64 / 1e9
+            "{network:?}: {parameters} parameters, {:.3} GFLOP per training image; batch {batch}",
+            network.forward_flops() as f64 / 1e9
         );
         for r in &results {
             println!(
@@ -956,13 +979,21 @@ fn main() -> ExitCode {
         Command::Bench {
             what:
                 BenchCommand::Step {
+                    network,
                     batch,
                     rounds,
                     threads,
                     json,
                     worker,
                 },
-        } => bench_step(batch, rounds, &threads, json, worker),
+        } => bench_step(StepArgs {
+            network,
+            batch,
+            rounds,
+            threads: &threads,
+            json,
+            worker,
+        }),
         Command::Bench {
             what:
                 BenchCommand::Embed {
