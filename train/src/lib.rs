@@ -13,6 +13,7 @@ pub mod activation;
 pub mod anchors;
 pub mod backbone;
 pub mod bench;
+pub mod classmap;
 pub mod composite;
 pub mod conv;
 pub mod cpu;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use normgate_train::backbone::BackboneConfig;
 use normgate_train::bench;
@@ -54,6 +54,26 @@ enum Command {
     /// device's detector, aligner and embedder): norms.tsv, histogram.png,
     /// thresholds for drop rates, and optionally the images below a threshold.
     Norms(NormsArgs),
+    /// The label maps of concat training for several <class>/<image> data
+    /// sets, with identities merged from a dedup pairs.tsv: classmap.tsv.
+    Classmap {
+        /// A data set as NAME=FOLDER (repeat, in head order).
+        #[arg(long = "set", required = true, value_parser = parse_set)]
+        sets: Vec<(String, PathBuf)>,
+        /// A dedup pairs.tsv whose name_a/name_b columns name classes of two sets.
+        #[arg(long)]
+        pairs: Option<PathBuf>,
+        /// The sets the pairs' name_a and name_b belong to (default: the
+        /// first two sets, or the only one for duplicates within a set).
+        #[arg(long, value_delimiter = ',')]
+        between: Option<Vec<String>>,
+        /// The classmap.tsv to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Quantize an exported float model to int8 (per-channel weights,
     /// activation ranges calibrated on aligned training crops).
     Quantize {
@@ -707,6 +727,50 @@ fn norms(args: NormsArgs) -> Result<()> {
     })
 }
 
+fn parse_set(spec: &str) -> std::result::Result<(String, PathBuf), String> {
+    match spec.split_once('=') {
+        Some((name, dir)) if !name.is_empty() && !dir.is_empty() => Ok((name.into(), dir.into())),
+        _ => Err(format!("{spec:?}: give a data set as NAME=FOLDER")),
+    }
+}
+
+fn classmap(
+    specs: &[(String, PathBuf)],
+    pairs: Option<&std::path::Path>,
+    between: Option<&[String]>,
+    out: &std::path::Path,
+    json: bool,
+) -> Result<()> {
+    use normgate_train::classmap;
+    let sets = specs
+        .iter()
+        .map(|(name, dir)| classmap::load_set(name, dir))
+        .collect::<Result<Vec<_>>>()?;
+    let position = |name: &str| {
+        sets.iter()
+            .position(|s| s.name == name)
+            .with_context(|| format!("--between names {name:?}, which no --set defines"))
+    };
+    let between = match between {
+        Some([a, b]) => (position(a)?, position(b)?),
+        Some(_) => anyhow::bail!("--between takes two set names"),
+        None => (0, 1.min(sets.len() - 1)),
+    };
+    let pairs = pairs.map(classmap::read_pairs).transpose()?.unwrap_or_default();
+    let merged = classmap::build(&sets, &pairs, between)?;
+    let s = classmap::write(&sets, &merged, pairs.len(), out)?;
+    print_report(json, &s, |s| {
+        format!(
+            "{} classes over {} sets, {} identities after {} duplicate pairs; written to {}",
+            s.classes,
+            s.sets.len(),
+            s.merged_classes,
+            s.pairs,
+            out.display()
+        )
+    })
+}
+
 fn threads(requested: Option<usize>) -> usize {
     requested.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
@@ -880,6 +944,13 @@ fn main() -> ExitCode {
         } => export(&run, &out, &cache, &data, json),
         Command::Dedup(args) => dedup(args),
         Command::Norms(args) => norms(args),
+        Command::Classmap {
+            sets,
+            pairs,
+            between,
+            out,
+            json,
+        } => classmap(&sets, pairs.as_deref(), between.as_deref(), &out, json),
         Command::PseudoLabel {
             teacher,
             threads: wanted,
