@@ -15,6 +15,13 @@ pub struct Labelled {
     pub label: u32,
 }
 
+/// An image file as RGB, with an error that names the file.
+pub fn read_rgb(path: &Path) -> Result<image::RgbImage> {
+    Ok(image::open(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .to_rgb8())
+}
+
 /// The images of a `<root>/<class>/<image>` tree and the sorted class names.
 pub fn folder_tree(root: &Path) -> Result<(Vec<Labelled>, Vec<String>)> {
     let mut classes: Vec<String> = std::fs::read_dir(root)

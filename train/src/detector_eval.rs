@@ -16,7 +16,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::composite::face_free_region;
-use crate::eval::{lfw_edc, lfw_scores, lfw_scores_on, LfwScores, Model};
+use crate::datasets::read_rgb;
+use crate::eval::{lfw_edc, lfw_scores_on, LfwScores, Model};
+use crate::norms::images_under;
 use crate::prepare::{fallback_landmarks, main_face, Cache, CROP};
 use crate::verify::lfw_report;
 
@@ -156,20 +158,9 @@ fn landmark_error(reference: &Face, detected: &Face) -> f64 {
     sum / 5.0 / ocular
 }
 
-fn read_rgb(path: &Path) -> Result<RgbImage> {
-    Ok(image::open(path)
-        .with_context(|| format!("cannot read {}", path.display()))?
-        .to_rgb8())
-}
-
 /// The non-face images: the shared non-face patches and face-free regions of validation images.
 fn non_face_images(data: &Path, validation: &[(RgbImage, Vec<Face>)]) -> Result<Vec<RgbImage>> {
-    let dir = data.join("faces_nonfaces/nonface");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    files.sort();
+    let files = images_under(&data.join("faces_nonfaces/nonface"))?;
     let mut images = files.iter().map(|f| read_rgb(f)).collect::<Result<Vec<_>>>()?;
     let mut rng = StdRng::seed_from_u64(11);
     images.extend((0..FACE_FREE_REGIONS).filter_map(|_| face_free_region(validation, 160, &mut rng)));
@@ -288,7 +279,7 @@ fn end_to_end(
 ) -> Result<EndToEnd> {
     let pairs_file = data.join("lfw/pairs.txt");
     let text = std::fs::read_to_string(&pairs_file).with_context(|| format!("cannot read {}", pairs_file.display()))?;
-    let teacher = lfw_scores(model, data, cache_dir, false)?;
+    let teacher = lfw_scores_on(model, &text, Cache::load(cache_dir, "lfw_pairs")?, false)?;
     let reference = &teacher.cache;
     let aligned: Vec<(Vec<u8>, bool)> = reference
         .paths

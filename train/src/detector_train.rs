@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::anchors::Matching;
 use crate::composite::{composite, template_box, Ingredients};
+use crate::datasets::read_rgb;
 use crate::detection_loss::{detection_loss, image_targets};
 use crate::detector_data::{photometric, sample, Augment};
 use crate::facenet::{DetectorConfig, FaceNet};
@@ -115,10 +116,7 @@ impl DetectorSet {
     /// Loads the training split of the pseudo-labels (images from `data`),
     /// the Glint24 cache's training identities and the non-face samples.
     pub fn load(data: &Path, cache_dir: &Path, samples: &Path, threads: usize) -> Result<Self> {
-        let labels: Vec<LabelledImage> = crate::pseudo::load(cache_dir)?
-            .into_iter()
-            .filter(|l| !l.validation)
-            .collect();
+        let labels = training_labels(cache_dir)?;
         if labels.is_empty() {
             bail!("the pseudo-labels hold no training image");
         }
@@ -138,12 +136,7 @@ impl DetectorSet {
             .collect();
         let backgrounds = NON_FACE_SAMPLES
             .iter()
-            .map(|n| {
-                let path = samples.join(n);
-                Ok(image::open(&path)
-                    .with_context(|| format!("cannot read {}", path.display()))?
-                    .to_rgb8())
-            })
+            .map(|n| read_rgb(&samples.join(n)))
             .collect::<Result<_>>()?;
         Ok(Self {
             scenes,
@@ -173,10 +166,7 @@ fn load_scenes(data: &Path, labels: &[LabelledImage], threads: usize) -> Result<
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(l) = labels.get(i) else { break };
-                let path = data.join(&l.path);
-                let image = image::open(&path)
-                    .map(|d| d.to_rgb8())
-                    .with_context(|| format!("cannot read {}", path.display()));
+                let image = read_rgb(&data.join(&l.path));
                 slots.lock().expect("no panics while loading")[i] = Some(image);
                 bar.inc(1);
             });
@@ -221,7 +211,6 @@ pub struct DetectorTrainer {
     config: DetectorTrainConfig,
     set: DetectorSet,
     net: FaceNet,
-    map: VarMap,
     sgd: Sgd,
     priors: Vec<[f32; 4]>,
     step: u64,
@@ -245,7 +234,6 @@ impl DetectorTrainer {
             config,
             set,
             net,
-            map,
             sgd,
             priors,
             step,
@@ -275,11 +263,6 @@ impl DetectorTrainer {
             Tensor::from_vec(pixels, (self.config.batch, 3, s, s), &Device::Cpu)?,
             faces,
         ))
-    }
-
-    /// The trained variables.
-    pub fn variables(&self) -> &VarMap {
-        &self.map
     }
 }
 
@@ -349,26 +332,25 @@ pub fn chw(image: &RgbImage) -> Vec<f32> {
     out
 }
 
+/// The pseudo-labelled images of the training split.
+fn training_labels(cache_dir: &Path) -> Result<Vec<LabelledImage>> {
+    Ok(crate::pseudo::load(cache_dir)?
+        .into_iter()
+        .filter(|l| !l.validation)
+        .collect())
+}
+
 /// `n` training-split images spread evenly over the pseudo-labels,
 /// letterboxed to a detector card's input as the device does (for
 /// calibrating quantization and checking an export).
 pub fn calibration_frames(data: &Path, cache_dir: &Path, n: usize, card: &ModelCard) -> Result<Vec<RgbImage>> {
-    let labels: Vec<LabelledImage> = crate::pseudo::load(cache_dir)?
-        .into_iter()
-        .filter(|l| !l.validation)
-        .collect();
+    let labels = training_labels(cache_dir)?;
     let step = (labels.len() / n.max(1)).max(1);
     labels
         .iter()
         .step_by(step)
         .take(n)
-        .map(|l| {
-            let path = data.join(&l.path);
-            let image = image::open(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?
-                .to_rgb8();
-            Ok(letterbox(&image, card.width, pad_colour(card)).0)
-        })
+        .map(|l| Ok(letterbox(&read_rgb(&data.join(&l.path))?, card.width, pad_colour(card)).0))
         .collect()
 }
 

@@ -326,6 +326,30 @@ pub struct ExportCheck {
     pub max_rel_diff: f32,
 }
 
+/// Running maximum of |tract - candle| and of |candle| over compared outputs.
+#[derive(Default)]
+struct Divergence {
+    max_abs: f32,
+    scale: f32,
+}
+
+impl Divergence {
+    fn add(&mut self, tract: &[f32], candle: &[f32]) {
+        for (x, y) in tract.iter().zip(candle) {
+            self.max_abs = self.max_abs.max((x - y).abs());
+            self.scale = self.scale.max(y.abs());
+        }
+    }
+
+    fn check(self, crops: usize) -> ExportCheck {
+        ExportCheck {
+            crops,
+            max_abs_diff: self.max_abs,
+            max_rel_diff: self.max_abs / self.scale.max(f32::MIN_POSITIVE),
+        }
+    }
+}
+
 /// Exports a training run's backbone to `path` (and its card) and checks the
 /// written file against candle on the first `n` crops of a cache.
 pub fn export_run(run: &Path, path: &Path, cache: &crate::prepare::Cache, n: usize) -> Result<ExportCheck> {
@@ -347,18 +371,11 @@ pub fn export_run(run: &Path, path: &Path, cache: &crate::prepare::Cache, n: usi
     let candle = net
         .forward(&Tensor::from_vec(input, (n, 3, 112, 96), &Device::Cpu)?)?
         .to_vec2::<f32>()?;
-    let (mut max_abs, mut scale) = (0.0f32, 0.0f32);
+    let mut divergence = Divergence::default();
     for (a, b) in tract.iter().zip(&candle) {
-        for (x, y) in a.iter().zip(b) {
-            max_abs = max_abs.max((x - y).abs());
-            scale = scale.max(y.abs());
-        }
+        divergence.add(a, b);
     }
-    Ok(ExportCheck {
-        crops: n,
-        max_abs_diff: max_abs,
-        max_rel_diff: max_abs / scale.max(f32::MIN_POSITIVE),
-    })
+    Ok(divergence.check(n))
 }
 
 /// Exports a detector training run to `path` (and its card) and checks the
@@ -374,7 +391,7 @@ pub fn export_detector_run(run: &Path, path: &Path, frames: &[image::RgbImage]) 
     )?;
     let card = ModelCard::load(&ModelCard::path_for(path))?;
     let tract = normgate::runtime::Network::load(path, &card, 1, &["loc", "conf", "landmarks"])?;
-    let (mut max_abs, mut scale) = (0.0f32, 0.0f32);
+    let mut divergence = Divergence::default();
     let side = network.input;
     for frame in frames {
         let outputs = tract.run(&[card.input_tensor(frame)])?;
@@ -382,17 +399,10 @@ pub fn export_detector_run(run: &Path, path: &Path, frames: &[image::RgbImage]) 
         let [loc, conf, landmarks] = net.forward(&x)?;
         let conf = crate::facenet::FaceNet::probabilities(&conf)?;
         for (t, c) in outputs.iter().zip([loc, conf, landmarks]) {
-            for (a, b) in t.iter().zip(c.flatten_all()?.to_vec1::<f32>()?) {
-                max_abs = max_abs.max((a - b).abs());
-                scale = scale.max(b.abs());
-            }
+            divergence.add(t, &c.flatten_all()?.to_vec1::<f32>()?);
         }
     }
-    Ok(ExportCheck {
-        crops: frames.len(),
-        max_abs_diff: max_abs,
-        max_rel_diff: max_abs / scale.max(f32::MIN_POSITIVE),
-    })
+    Ok(divergence.check(frames.len()))
 }
 
 #[cfg(test)]

@@ -115,7 +115,6 @@ impl Head {
 
 /// The detector network.
 pub struct FaceNet {
-    config: DetectorConfig,
     conv: ConvImpl,
     /// Each stride-2 layer with its residual units.
     layers: Vec<(ConvUnit, Vec<(ConvUnit, ConvUnit)>)>,
@@ -154,17 +153,7 @@ impl FaceNet {
                 ])
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            config,
-            conv,
-            layers,
-            heads,
-        })
-    }
-
-    /// The architecture.
-    pub fn config(&self) -> &DetectorConfig {
-        &self.config
+        Ok(Self { conv, layers, heads })
     }
 
     /// Box regressions, score logits and landmark regressions of every anchor.

@@ -178,9 +178,8 @@ pub fn contact_sheet(
     let crops = chosen
         .iter()
         .map(|m| {
-            let path = root.join(&m.path);
-            let image = image::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            Ok(aligned_main_face(image.to_rgb8(), detector, embedder)?.0)
+            let image = crate::datasets::read_rgb(&root.join(&m.path))?;
+            Ok(aligned_main_face(image, detector, embedder)?.0)
         })
         .collect::<Result<Vec<_>>>()?;
     let (w, h) = crops[0].dimensions();

@@ -189,10 +189,8 @@ pub struct StepLog {
 pub struct Trainer {
     config: TrainConfig,
     caches: Vec<Cache>,
-    classes: [usize; 2],
     net: Backbone,
     heads: [Tensor; 2],
-    map: VarMap,
     sgd: Sgd,
     selects: [NormSelect; 2],
     step: u64,
@@ -227,10 +225,8 @@ impl Trainer {
         let mut trainer = Self {
             config,
             caches,
-            classes,
             net,
             heads,
-            map,
             sgd,
             selects: [seed_norm_select(), seed_norm_select()],
             step: 0,
@@ -300,16 +296,6 @@ impl Trainer {
             labels = rows.iter().map(|&r| labels[r]).collect();
         }
         Ok(Some(a_softmax_loss(&f, &self.heads[head], &labels, layer)?))
-    }
-
-    /// The trained variables by name (backbone and heads).
-    pub fn variables(&self) -> &VarMap {
-        &self.map
-    }
-
-    /// Classes of the two heads.
-    pub fn classes(&self) -> [usize; 2] {
-        self.classes
     }
 }
 
