@@ -332,18 +332,9 @@ pub fn quality(model: &Model, data: &Path, cache_dir: &Path, degraded_images: us
     let mut patches = Vec::new();
     let mut is_face = Vec::new();
     for (folder, face) in [("face", true), ("nonface", false)] {
-        let dir = data.join("faces_nonfaces").join(folder);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .with_context(|| format!("cannot list {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        files.sort();
-        for f in files {
-            let img = image::open(&f)
-                .with_context(|| format!("cannot read {}", f.display()))?
-                .to_rgb8();
+        for f in crate::norms::images_under(&data.join("faces_nonfaces").join(folder))? {
             patches.push(image::imageops::resize(
-                &img,
+                &crate::datasets::read_rgb(&f)?,
                 CROP as u32,
                 CROP as u32,
                 image::imageops::FilterType::Triangle,
