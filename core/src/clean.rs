@@ -76,18 +76,20 @@ impl Centres {
     }
 }
 
-/// What to do with a flagged sample.
+/// What to do with a sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// It fits its own class: nothing to do.
+    Keep,
     /// Its nearest other class fits well: give it that label.
     Relabel,
     /// It fits no class well: drop it.
     Remove,
 }
 
-/// One flagged sample.
+/// One sample judged against the class centres.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Suggestion {
+pub struct Review {
     /// Index of the sample.
     pub sample: usize,
     /// Its current label.
@@ -122,14 +124,10 @@ impl Default for CleanConfig {
     }
 }
 
-/// Flags the samples that look mislabelled, most surely wrong first.
-/// Samples that are alone in their class cannot be judged and are skipped.
-pub fn suggestions(
-    features: &[f32],
-    labels: &[u32],
-    centres: &Centres,
-    config: &CleanConfig,
-) -> Result<Vec<Suggestion>> {
+/// Judges every sample against the centres, in sample order. Samples that
+/// are alone in their class (no centre without them) or have no other class
+/// to compare with cannot be judged and are left out.
+pub fn reviews(features: &[f32], labels: &[u32], centres: &Centres, config: &CleanConfig) -> Result<Vec<Review>> {
     let dim = centres.dim;
     let n = rows_of("features", features.len(), dim)?;
     check_len("labels", n, labels.len())?;
@@ -162,22 +160,30 @@ pub fn suggestions(
         let Some((nearest_class, nearest_cosine)) = nearest else {
             continue;
         };
-        if own_cosine < config.own_below && nearest_cosine > own_cosine {
-            out.push(Suggestion {
-                sample,
-                label,
-                own_cosine,
-                nearest_class: nearest_class as u32,
-                nearest_cosine,
-                score: nearest_cosine - own_cosine,
-                action: if nearest_cosine >= config.relabel_above {
-                    Action::Relabel
-                } else {
-                    Action::Remove
-                },
-            });
-        }
+        let action = if own_cosine >= config.own_below || nearest_cosine <= own_cosine {
+            Action::Keep
+        } else if nearest_cosine >= config.relabel_above {
+            Action::Relabel
+        } else {
+            Action::Remove
+        };
+        out.push(Review {
+            sample,
+            label,
+            own_cosine,
+            nearest_class: nearest_class as u32,
+            nearest_cosine,
+            score: nearest_cosine - own_cosine,
+            action,
+        });
     }
+    Ok(out)
+}
+
+/// The samples that look mislabelled (see [`reviews`]), most surely wrong first.
+pub fn suggestions(features: &[f32], labels: &[u32], centres: &Centres, config: &CleanConfig) -> Result<Vec<Review>> {
+    let mut out = reviews(features, labels, centres, config)?;
+    out.retain(|r| r.action != Action::Keep);
     out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.sample.cmp(&b.sample)));
     Ok(out)
 }
@@ -239,6 +245,28 @@ mod tests {
         let rest = Centres::new(&f[..9], &others, 1, 3).unwrap();
         let expected = crate::norm::cosine(&rest.centre(0), &f[9..12]);
         assert!((s.own_cosine - expected).abs() < 1e-5);
+    }
+
+    #[test]
+    fn every_sample_with_company_is_reviewed_and_only_the_flagged_are_suggested() {
+        let (f, l) = data();
+        let c = Centres::new(&f, &l, 3, 3).unwrap();
+        let all = reviews(&f, &l, &c, &CleanConfig::default()).unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.sample).collect::<Vec<_>>(),
+            (0..10).collect::<Vec<_>>()
+        );
+        let flagged: Vec<usize> = all
+            .iter()
+            .filter(|r| r.action != Action::Keep)
+            .map(|r| r.sample)
+            .collect();
+        assert_eq!(flagged, [3, 9]);
+        // A class of one cannot be judged.
+        let alone = Centres::new(&f[..6], &[0, 1], 2, 3).unwrap();
+        assert!(reviews(&f[..6], &[0, 1], &alone, &CleanConfig::default())
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -6,11 +6,11 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use normgate_core::concat::{ClassRef, ConcatLabels, MergedLabels};
 use serde::Serialize;
 
-use crate::datasets::folder_tree;
+use crate::datasets::{folder_tree, read_columns};
 
 /// One data set's classes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -39,26 +39,11 @@ pub fn load_set(name: &str, root: &Path) -> Result<DataSet> {
 
 /// The class-name pairs of a `dedup` `pairs.tsv` (columns `name_a`, `name_b`).
 pub fn read_pairs(path: &Path) -> Result<Vec<(String, String)>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
-    let column = |name: &str| {
-        header
-            .iter()
-            .position(|h| *h == name)
-            .with_context(|| format!("{} has no {name} column (is it a dedup pairs.tsv?)", path.display()))
-    };
-    let (a, b) = (column("name_a")?, column("name_b")?);
-    lines
-        .enumerate()
-        .map(|(n, line)| {
-            let fields: Vec<&str> = line.split('\t').collect();
-            match (fields.get(a), fields.get(b)) {
-                (Some(x), Some(y)) => Ok((x.to_string(), y.to_string())),
-                _ => bail!("{} line {} has too few columns", path.display(), n + 2),
-            }
-        })
-        .collect()
+    Ok(read_columns(path, &["name_a", "name_b"])
+        .context("is it a dedup pairs.tsv?")?
+        .into_iter()
+        .map(|mut row| (std::mem::take(&mut row[0]), std::mem::take(&mut row[1])))
+        .collect())
 }
 
 /// The concatenated and merged label spaces of `sets`, with `pairs` naming
@@ -184,8 +169,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("normgate-classmap-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("p.tsv"), "a\tb\tcosine\n0\t1\t0.9\n").unwrap();
-        let err = read_pairs(&dir.join("p.tsv")).unwrap_err().to_string();
-        assert!(err.contains("no name_a column"), "{err}");
+        let err = format!("{:#}", read_pairs(&dir.join("p.tsv")).unwrap_err());
+        assert!(
+            err.contains("no name_a column") && err.contains("dedup pairs.tsv"),
+            "{err}"
+        );
         std::fs::write(dir.join("q.tsv"), "a\tb\tname_a\tname_b\tcosine\n0\t1\tann\tbob\t0.9\n").unwrap();
         assert_eq!(read_pairs(&dir.join("q.tsv")).unwrap(), [("ann".into(), "bob".into())]);
         std::fs::remove_dir_all(dir).unwrap();

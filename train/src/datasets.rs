@@ -49,6 +49,164 @@ pub fn folder_tree(root: &Path) -> Result<(Vec<Labelled>, Vec<String>)> {
     Ok((images, classes))
 }
 
+/// A labelled image set for the curation commands, with each image's true
+/// class when the labels were corrupted on purpose (see `label_noise`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelledSet {
+    /// Images with their class indices.
+    pub images: Vec<Labelled>,
+    /// Class names in label order (sorted).
+    pub classes: Vec<String>,
+    /// Per image, its true class name (a list's third column).
+    pub truth: Option<Vec<String>>,
+}
+
+impl LabelledSet {
+    /// Reads a `<root>/<class>/<image>` tree, or a list file of
+    /// `path<TAB>class[<TAB>true class]` lines (relative paths are relative
+    /// to the list's folder); keeps the classes with at least `min_images`.
+    pub fn load(spec: &Path, min_images: usize) -> Result<Self> {
+        let set = if spec.is_dir() {
+            let (images, classes) = folder_tree(spec)?;
+            Self {
+                images,
+                classes,
+                truth: None,
+            }
+        } else {
+            Self::read_list(spec)?
+        };
+        set.with_min_images(min_images, spec)
+    }
+
+    fn read_list(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read {} (give a <class>/<image> folder or a list file)",
+                path.display()
+            )
+        })?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        let mut rows = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields: Vec<&str> = line.split('\t').collect();
+            if !(2..=3).contains(&fields.len()) || fields.iter().any(|f| f.is_empty()) {
+                bail!(
+                    "{} line {}: expected path<TAB>class[<TAB>true class]",
+                    path.display(),
+                    n + 1
+                );
+            }
+            rows.push((base.join(fields[0]), fields[1], fields.get(2).copied()));
+        }
+        if rows.is_empty() {
+            bail!("{} lists no image", path.display());
+        }
+        let with_truth = rows.iter().filter(|r| r.2.is_some()).count();
+        if with_truth != 0 && with_truth != rows.len() {
+            bail!(
+                "{}: {with_truth} of {} lines have a true class; give it on every line or on none",
+                path.display(),
+                rows.len()
+            );
+        }
+        let classes: Vec<String> = rows
+            .iter()
+            .map(|r| r.1.to_string())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let index: BTreeMap<&str, u32> = classes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.as_str(), i as u32))
+            .collect();
+        let images = rows
+            .iter()
+            .map(|(path, class, _)| Labelled {
+                path: path.clone(),
+                label: index[class],
+            })
+            .collect();
+        let truth = (with_truth != 0).then(|| rows.iter().filter_map(|r| r.2.map(String::from)).collect());
+        Ok(Self { images, classes, truth })
+    }
+
+    /// Drops the classes with fewer than `min` images and renumbers the rest.
+    fn with_min_images(self, min: usize, spec: &Path) -> Result<Self> {
+        let mut counts = vec![0usize; self.classes.len()];
+        for i in &self.images {
+            counts[i.label as usize] += 1;
+        }
+        let mut renumber = vec![None; self.classes.len()];
+        let mut classes = Vec::new();
+        for (old, name) in self.classes.into_iter().enumerate() {
+            if counts[old] >= min {
+                renumber[old] = Some(classes.len() as u32);
+                classes.push(name);
+            }
+        }
+        if classes.is_empty() {
+            bail!("{}: no class has {min} or more images", spec.display());
+        }
+        let (mut images, mut truth) = (Vec::new(), self.truth.as_ref().map(|_| Vec::new()));
+        for (n, image) in self.images.into_iter().enumerate() {
+            if let Some(label) = renumber[image.label as usize] {
+                images.push(Labelled {
+                    path: image.path,
+                    label,
+                });
+                if let (Some(t), Some(all)) = (truth.as_mut(), self.truth.as_ref()) {
+                    t.push(all[n].clone());
+                }
+            }
+        }
+        Ok(Self { images, classes, truth })
+    }
+}
+
+/// A table file with a header line, fields separated by tabs (or by commas
+/// when the header has no tab): the header and the rows.
+pub fn read_table(path: &Path) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let Some(header) = lines.next() else {
+        bail!("{} is empty (a header line is needed)", path.display());
+    };
+    let sep = if header.contains('\t') { '\t' } else { ',' };
+    let split = |line: &str| line.split(sep).map(|f| f.trim().to_string()).collect::<Vec<_>>();
+    Ok((split(header), lines.map(split).collect()))
+}
+
+/// The named columns of a [`read_table`] file, row by row.
+pub fn read_columns(path: &Path, names: &[&str]) -> Result<Vec<Vec<String>>> {
+    let (header, rows) = read_table(path)?;
+    let at: Vec<usize> = names
+        .iter()
+        .map(|name| {
+            header
+                .iter()
+                .position(|h| h == name)
+                .with_context(|| format!("{} has no {name} column", path.display()))
+        })
+        .collect::<Result<_>>()?;
+    rows.into_iter()
+        .enumerate()
+        .map(|(n, row)| {
+            at.iter()
+                .map(|&i| {
+                    row.get(i)
+                        .cloned()
+                        .with_context(|| format!("{} row {} has too few columns", path.display(), n + 1))
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// CelebA in the wild: `identity.csv` (`image,identity`), labels numbered in
 /// sorted identity order. Returns the images and the identity numbers.
 pub fn celeba(root: &Path) -> Result<(Vec<Labelled>, Vec<u32>)> {
@@ -150,6 +308,55 @@ mod tests {
         assert!(p[0].same && !p[1].same && p[2].same && !p[3].same);
         assert_eq!(p.iter().map(|x| x.fold).collect::<Vec<_>>(), [0, 0, 1, 1]);
         assert_eq!(p[1].images[1], "C/C_0003.jpg");
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("normgate-datasets-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_list_gives_sorted_classes_relative_paths_and_truth() {
+        let dir = scratch("list");
+        let list = dir.join("list.tsv");
+        std::fs::write(
+            &list,
+            "# corrupted\na/1.jpg\tzed\tzed\na/2.jpg\talf\tzed\n/abs/3.jpg\talf\talf\n",
+        )
+        .unwrap();
+        let set = LabelledSet::load(&list, 1).unwrap();
+        assert_eq!(set.classes, ["alf", "zed"]);
+        assert_eq!(set.images[0].path, dir.join("a/1.jpg"));
+        assert_eq!(set.images[2].path, PathBuf::from("/abs/3.jpg"));
+        assert_eq!(set.images.iter().map(|i| i.label).collect::<Vec<_>>(), [1, 0, 0]);
+        assert_eq!(set.truth.unwrap(), ["zed", "zed", "alf"]);
+        // min_images drops the one-image class and renumbers, truth follows.
+        let set = LabelledSet::load(&list, 2).unwrap();
+        assert_eq!(set.classes, ["alf"]);
+        assert_eq!(set.images.len(), 2);
+        assert_eq!(set.truth.unwrap(), ["zed", "alf"]);
+    }
+
+    #[test]
+    fn bad_lists_are_rejected_with_the_line() {
+        let dir = scratch("bad");
+        let check = |text: &str, needle: &str| {
+            let list = dir.join("l.tsv");
+            std::fs::write(&list, text).unwrap();
+            let e = format!("{:#}", LabelledSet::load(&list, 1).unwrap_err());
+            assert!(e.contains(needle), "{e}");
+        };
+        check("", "lists no image");
+        check("a.jpg\n", "line 1");
+        check("a.jpg\tx\ty\tz\n", "line 1");
+        check("a.jpg\tx\ty\nb.jpg\tx\n", "on every line or on none");
+        let e = LabelledSet::load(&dir.join("missing.tsv"), 1).unwrap_err();
+        assert!(format!("{e:#}").contains("cannot read"));
+        std::fs::write(dir.join("l.tsv"), "a.jpg\tx\n").unwrap();
+        let e = LabelledSet::load(&dir.join("l.tsv"), 2).unwrap_err();
+        assert!(format!("{e:#}").contains("no class has 2"));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! `normgate-train`: host tools of normgate.
 
+mod curation_cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -74,6 +76,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Curation(curation_cli::Curation),
     /// Quantize an exported float model to int8 (per-channel weights,
     /// activation ranges calibrated on aligned training crops).
     Quantize {
@@ -242,13 +246,10 @@ struct TrainDetectorArgs {
 struct NormsArgs {
     /// The folder tree of images (jpg, png).
     root: PathBuf,
-    /// The embedder .onnx (card beside it).
-    #[arg(long, default_value = "models/backbone.onnx")]
-    model: PathBuf,
-    /// The detector .onnx (card beside it); unused with --aligned.
-    #[arg(long, default_value = "models/detector.onnx")]
-    detector: PathBuf,
-    /// The images are crops already on the embedder's template: no detection.
+    #[command(flatten)]
+    models: curation_cli::ModelFlags,
+    /// The images are crops already on the embedder's template (or ArcFace
+    /// 112x112 crops for a SphereFace embedder): no detection.
     #[arg(long)]
     aligned: bool,
     /// Shares of faces to drop, each giving a threshold.
@@ -263,15 +264,8 @@ struct NormsArgs {
     /// TrueType font for the histogram's labels (none drawn when absent).
     #[arg(long, default_value = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")]
     font: PathBuf,
-    /// Output folder.
-    #[arg(long)]
-    out: PathBuf,
-    /// Threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Print one JSON object on stdout.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: curation_cli::OutputFlags,
 }
 
 #[derive(clap::Args, Debug)]
@@ -331,6 +325,9 @@ struct ModelArgs {
 
 #[derive(Subcommand, Debug)]
 enum EvalCommand {
+    /// A dedup result against known duplicate identities: precision and
+    /// recall over thresholds, average precision, a PR curve PNG.
+    Dedup(curation_cli::EvalDedupArgs),
     /// A detector against the teacher's pseudo-labels on the validation
     /// split (recall by size, landmark NME), false positives on non-face
     /// images, and LFW through its landmarks against the teacher's.
@@ -684,32 +681,25 @@ fn eval_detector(
 
 fn norms(args: NormsArgs) -> Result<()> {
     use normgate_train::norms;
-    let embedder = normgate::pipeline::load_embedder(&args.model, 1)?;
-    let detector = if args.aligned {
-        None
-    } else {
-        Some(normgate::detector::Detector::load(
-            &args.detector,
-            &normgate::card::ModelCard::path_for(&args.detector),
-        )?)
-    };
+    let models = args.models.load(args.aligned)?;
     let images = norms::images_under(&args.root)?;
     if images.is_empty() {
         anyhow::bail!("{} holds no jpg or png image", args.root.display());
     }
     let bar = prepare::progress(images.len(), "images");
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads(args.threads))
-        .build()?;
-    let measured = pool.install(|| norms::measure(&args.root, &images, detector.as_ref(), &embedder, &|| bar.inc(1)));
+    let measured = args
+        .output
+        .pool()?
+        .install(|| norms::measure(&args.root, &images, &models, &|| bar.inc(1)));
     bar.finish_and_clear();
     let font = Some(args.font.as_path()).filter(|f| f.is_file());
-    let s = norms::write_outputs(&measured, &args.drop_rates, args.list_below, font, &args.out)?;
+    let out = &args.output.out;
+    let s = norms::write_outputs(&measured, &args.drop_rates, args.list_below, font, out)?;
     if let Some(n) = args.contact_sheet {
-        let sheet = norms::contact_sheet(&args.root, &measured, n, detector.as_ref(), &embedder)?;
-        sheet.save(args.out.join("contact.png"))?;
+        let sheet = norms::contact_sheet(&args.root, &measured, n, &models)?;
+        sheet.save(out.join("contact.png"))?;
     }
-    print_report(args.json, &s, |s| {
+    print_report(args.output.json, &s, |s| {
         let marks: Vec<String> = s
             .thresholds
             .iter()
@@ -722,7 +712,7 @@ fn norms(args: NormsArgs) -> Result<()> {
             s.failed,
             s.mean_norm,
             marks.join(", "),
-            args.out.display()
+            out.display()
         )
     })
 }
@@ -944,6 +934,10 @@ fn main() -> ExitCode {
         } => export(&run, &out, &cache, &data, json),
         Command::Dedup(args) => dedup(args),
         Command::Norms(args) => norms(args),
+        Command::Curation(command) => curation_cli::run(command),
+        Command::Eval {
+            what: EvalCommand::Dedup(args),
+        } => curation_cli::eval_dedup(args),
         Command::Classmap {
             sets,
             pairs,

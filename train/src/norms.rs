@@ -7,11 +7,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use normgate::detector::Detector;
-use normgate::embedder::Embedder;
-use normgate::still::{aligned_main_face, embed_main_face};
+use normgate::still::aligned_main_face;
 use normgate_core::norm::l2_norm;
-use rayon::prelude::*;
+
+use crate::features::FaceModels;
 use serde::Serialize;
 
 /// One image's outcome.
@@ -45,26 +44,13 @@ pub fn images_under(root: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Measures every image (in parallel; `tick` after each).
-pub fn measure(
-    root: &Path,
-    images: &[PathBuf],
-    detector: Option<&Detector>,
-    embedder: &Embedder,
-    tick: &(dyn Fn() + Sync),
-) -> Vec<Measured> {
+pub fn measure(root: &Path, images: &[PathBuf], models: &FaceModels, tick: &(dyn Fn() + Sync)) -> Vec<Measured> {
     images
-        .par_iter()
-        .map(|path| {
-            let norm = image::open(path)
-                .map_err(anyhow::Error::from)
-                .and_then(|image| embed_main_face(image.to_rgb8(), detector, embedder))
-                .map(|(feature, _)| l2_norm(&feature))
-                .map_err(|e| format!("{e:#}"));
-            tick();
-            Measured {
-                path: path.strip_prefix(root).unwrap_or(path).to_path_buf(),
-                norm,
-            }
+        .iter()
+        .zip(models.features(images, tick))
+        .map(|(path, feature)| Measured {
+            path: path.strip_prefix(root).unwrap_or(path).to_path_buf(),
+            norm: feature.map(|f| l2_norm(&f)),
         })
         .collect()
 }
@@ -101,6 +87,17 @@ pub fn thresholds(norms: &[f32], drop_rates: &[f64]) -> Result<Vec<Threshold>> {
         .collect()
 }
 
+/// Makes `font` the charts' "sans-serif" (plotters keeps it for the process).
+pub fn register_font(font: &Path) -> Result<()> {
+    let bytes = std::fs::read(font).with_context(|| format!("cannot read font {}", font.display()))?;
+    plotters::style::register_font(
+        "sans-serif",
+        plotters::style::FontStyle::Normal,
+        Box::leak(bytes.into_boxed_slice()),
+    )
+    .map_err(|_| anyhow::anyhow!("{} is not a TrueType font", font.display()))
+}
+
 /// Draws a histogram of `norms` with each threshold as a red line. Axis
 /// labels need a TrueType font; without `font` the chart has none.
 pub fn histogram_png(norms: &[f32], marks: &[Threshold], font: Option<&Path>, out: &Path) -> Result<()> {
@@ -118,9 +115,7 @@ pub fn histogram_png(norms: &[f32], marks: &[Threshold], font: Option<&Path>, ou
     }
     let top = counts.iter().copied().max().unwrap_or(1);
     if let Some(font) = font {
-        let bytes = std::fs::read(font).with_context(|| format!("cannot read font {}", font.display()))?;
-        plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(bytes.into_boxed_slice()))
-            .map_err(|_| anyhow::anyhow!("{} is not a TrueType font", font.display()))?;
+        register_font(font)?;
     }
     let root = BitMapBackend::new(out, (800, 480)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -154,13 +149,7 @@ pub fn histogram_png(norms: &[f32], marks: &[Threshold], font: Option<&Path>, ou
 /// A contact sheet: the aligned main faces of the `n` lowest-norm images
 /// (top rows) and of the `n` highest (bottom rows), `per_row` to a row, in
 /// norm order, so one can see what a NormSelect threshold would drop.
-pub fn contact_sheet(
-    root: &Path,
-    measured: &[Measured],
-    n: usize,
-    detector: Option<&Detector>,
-    embedder: &Embedder,
-) -> Result<image::RgbImage> {
+pub fn contact_sheet(root: &Path, measured: &[Measured], n: usize, models: &FaceModels) -> Result<image::RgbImage> {
     let mut ranked: Vec<(&Measured, f32)> = measured
         .iter()
         .filter_map(|m| m.norm.as_ref().ok().map(|&v| (m, v)))
@@ -179,7 +168,7 @@ pub fn contact_sheet(
         .iter()
         .map(|m| {
             let image = crate::datasets::read_rgb(&root.join(&m.path))?;
-            Ok(aligned_main_face(image, detector, embedder)?.0)
+            Ok(aligned_main_face(image, models.detector.as_ref(), &models.embedder)?.0)
         })
         .collect::<Result<Vec<_>>>()?;
     let (w, h) = crops[0].dimensions();
@@ -280,19 +269,10 @@ mod tests {
 
     #[test]
     fn the_contact_sheet_shows_the_lowest_faces_above_and_the_highest_below() {
-        use crate::backbone::{Backbone, ConvImpl};
-        use crate::export::{backbone_card, backbone_model, collect_weights, write};
         let dir = std::env::temp_dir().join(format!("normgate-norms-sheet-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut config = crate::testing::tiny_backbone([4, 4, 4], [0, 0, 0], 4);
-        (config.height, config.width) = (112, 96);
-        let map = candle_nn::VarMap::new();
-        let vb = crate::vars::SeededVars::builder(&map, 1, &candle_core::Device::Cpu);
-        Backbone::new(config, ConvImpl::Fast, vb.pp("backbone")).unwrap();
-        let model = dir.join("tiny.onnx");
-        let proto = backbone_model(&config, &collect_weights(&map, "backbone").unwrap()).unwrap();
-        write(&proto, &backbone_card(&config, None), &model).unwrap();
-        let embedder = Embedder::load(&model, &normgate::card::ModelCard::path_for(&model), 1).unwrap();
+        let model = crate::testing::tiny_embedder(&dir);
+        let models = FaceModels::load(&model, Path::new("unused"), true).unwrap();
         // Five aligned crops of one grey level each; the norms rank them 3, 0, 4, 1, 2.
         let norms = [2.0, 4.0, 5.0, 1.0, 3.0];
         let measured: Vec<Measured> = (0..5u8)
@@ -307,13 +287,13 @@ mod tests {
                 }
             })
             .collect();
-        let sheet = contact_sheet(&dir, &measured, 2, None, &embedder).unwrap();
+        let sheet = contact_sheet(&dir, &measured, 2, &models).unwrap();
         assert_eq!(sheet.dimensions(), (2 * 96, 2 * 112 + 8));
         let grey = |x: u32, y: u32| sheet.get_pixel(x, y).0[0];
         // Lowest two (images 3 then 0) above; highest two (1 then 2) below.
         assert_eq!([grey(10, 10), grey(106, 10)], [150, 0]);
         assert_eq!([grey(10, 130), grey(106, 130)], [50, 100]);
-        assert!(contact_sheet(&dir, &measured[..1], 2, None, &embedder).is_err());
+        assert!(contact_sheet(&dir, &measured[..1], 2, &models).is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

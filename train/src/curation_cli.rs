@@ -1,0 +1,425 @@
+//! The command-line side of the curation commands that measure labelled
+//! sets with the device's models: `heads`, `clean`, `mine`,
+//! `corrupt-labels` and `eval dedup`. The work is in the library modules
+//! of the same names; this file parses, reports and prints.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use normgate_core::clean::CleanConfig;
+use normgate_core::margin::{ASoftmax, LambdaSchedule, Margin};
+use normgate_train::datasets::LabelledSet;
+use normgate_train::features::{FaceModels, SetFeatures};
+
+use crate::{parse_set, print_report, threads};
+
+/// The device models that measure faces.
+#[derive(clap::Args, Debug)]
+pub struct ModelFlags {
+    /// The embedder .onnx (card beside it).
+    #[arg(long, default_value = "models/backbone.onnx")]
+    pub model: PathBuf,
+    /// The detector .onnx (card beside it); unused for aligned images.
+    #[arg(long, default_value = "models/detector.onnx")]
+    pub detector: PathBuf,
+}
+
+impl ModelFlags {
+    /// Loads the embedder, and the detector unless the images are `aligned`.
+    pub fn load(&self, aligned: bool) -> Result<FaceModels> {
+        FaceModels::load(&self.model, &self.detector, aligned)
+    }
+}
+
+/// Where a command writes, on how many threads, and how it reports.
+#[derive(clap::Args, Debug)]
+pub struct OutputFlags {
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl OutputFlags {
+    /// A thread pool of the asked size.
+    pub fn pool(&self) -> Result<rayon::ThreadPool> {
+        Ok(rayon::ThreadPoolBuilder::new()
+            .num_threads(threads(self.threads))
+            .build()?)
+    }
+}
+
+/// A labelled set and how to measure it.
+#[derive(clap::Args, Debug)]
+pub struct SetFlags {
+    /// A `<class>/<image>` folder tree, or a list file of
+    /// `path<TAB>class[<TAB>true class]` lines (see `corrupt-labels`).
+    pub data: PathBuf,
+    #[command(flatten)]
+    pub models: ModelFlags,
+    /// The images are crops already on the embedder's template (or ArcFace
+    /// 112x112 crops for a SphereFace embedder): no detection.
+    #[arg(long)]
+    pub aligned: bool,
+    /// Keep only the classes with at least this many images.
+    #[arg(long, default_value_t = 1)]
+    pub min_images: usize,
+    /// Tight crops: detect on a grey canvas this share of the image larger on every side.
+    #[arg(long, default_value_t = 0.0)]
+    pub pad: f32,
+}
+
+impl SetFlags {
+    /// Reads the set and measures its images.
+    fn measure(&self) -> Result<(LabelledSet, SetFeatures)> {
+        let set = LabelledSet::load(&self.data, self.min_images)?;
+        let features = SetFeatures::measure(&set, &self.models.load(self.aligned)?.with_pad(self.pad)?)?;
+        Ok((set, features))
+    }
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Curation {
+    /// A-Softmax heads fitted to the device backbone's features, one per
+    /// data set (the backbone frozen): heads.safetensors and <set>.names,
+    /// ready for `dedup` and `mine`.
+    Heads {
+        /// A data set as NAME=FOLDER or NAME=LIST (repeat).
+        #[arg(long = "set", required = true, value_parser = parse_set)]
+        sets: Vec<(String, PathBuf)>,
+        #[command(flatten)]
+        models: ModelFlags,
+        /// Sets whose images are aligned crops (no detection), by name.
+        #[arg(long, value_delimiter = ',')]
+        aligned: Vec<String>,
+        /// Keep only the classes with at least this many images.
+        #[arg(long, default_value_t = 1)]
+        min_images: usize,
+        /// Tight crops: detect on a grey canvas this share of the image larger on every side.
+        #[arg(long, default_value_t = 0.0)]
+        pad: f32,
+        /// SGD steps per head.
+        #[arg(long, default_value_t = normgate_train::frozen_heads::HeadFitConfig::default().steps)]
+        steps: u64,
+        /// Seed of the weights and the batch order.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[command(flatten)]
+        output: OutputFlags,
+    },
+    /// Wrong-example report of a labelled set: per image its leave-one-out
+    /// own-centre cosine, nearest other class, score and suggestion
+    /// (keep/relabel/remove) in report.tsv; scored against a list's true labels.
+    Clean {
+        #[command(flatten)]
+        set: SetFlags,
+        /// Flag images whose own-centre cosine is below this.
+        #[arg(long, default_value_t = CleanConfig::default().own_below)]
+        own_below: f32,
+        /// Suggest relabelling when the nearest other centre is at least this close.
+        #[arg(long, default_value_t = CleanConfig::default().relabel_above)]
+        relabel_above: f32,
+        #[command(flatten)]
+        output: OutputFlags,
+    },
+    /// Hard examples of a labelled set under a classifier head: the images
+    /// with the highest A-Softmax loss (hard.tsv) and the classes that beat
+    /// their own by an angular margin (confusions.tsv).
+    Mine {
+        #[command(flatten)]
+        set: SetFlags,
+        /// The head: .npy, .safetensors (e.g. `heads`' heads.safetensors) or a training run folder.
+        #[arg(long)]
+        head: PathBuf,
+        /// The head's tensor, when the file holds several (a `heads` set name).
+        #[arg(long)]
+        tensor: Option<String>,
+        /// The head's class names, one per line (default: <tensor>.names beside the head).
+        #[arg(long)]
+        names: Option<PathBuf>,
+        /// The head's margin m.
+        #[arg(long, default_value_t = 4)]
+        m: u8,
+        /// λ of the A-Softmax loss (the schedule's floor by default).
+        #[arg(long, default_value_t = LambdaSchedule::SPHEREFACE.lambda_min)]
+        lambda: f32,
+        /// Additive angular margin (radians) of the hard-negative rule.
+        #[arg(long, default_value_t = 0.35)]
+        negative_margin: f32,
+        /// Hardest images to list.
+        #[arg(long, default_value_t = 100)]
+        top: usize,
+        #[command(flatten)]
+        output: OutputFlags,
+    },
+    /// Ground truth by construction: a list of a labelled set with a share
+    /// of labels flipped (--flip) or some classes split in two (--split),
+    /// each line keeping the true class.
+    CorruptLabels {
+        /// A `<class>/<image>` folder tree or a list file.
+        data: PathBuf,
+        /// Share of images to give another class.
+        #[arg(long, conflicts_with = "split", required_unless_present = "split")]
+        flip: Option<f64>,
+        /// Classes to split into two ids each.
+        #[arg(long)]
+        split: Option<usize>,
+        /// Seed of the choice.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output folder (list.tsv, and truth_pairs.csv for a split).
+        #[arg(long)]
+        out: PathBuf,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `eval dedup`'s arguments.
+#[derive(clap::Args, Debug)]
+pub struct EvalDedupArgs {
+    /// The `pairs.tsv` of a dedup run (run it at a low --threshold to see the whole curve).
+    pairs: PathBuf,
+    /// Known duplicates: a CSV or TSV whose first two columns name a pair.
+    #[arg(long)]
+    truth: PathBuf,
+    /// Class names of the first head, one per line.
+    #[arg(long)]
+    names_a: PathBuf,
+    /// Class names of the second head (default: within the first).
+    #[arg(long)]
+    names_b: Option<PathBuf>,
+    /// Thresholds to report precision and recall at.
+    #[arg(long, value_delimiter = ',', default_value = "0.3,0.4,0.5,0.6,0.7")]
+    thresholds: Vec<f32>,
+    /// Write the precision-recall curve to this PNG.
+    #[arg(long)]
+    png: Option<PathBuf>,
+    /// TrueType font for the chart's labels (none drawn when absent).
+    #[arg(long, default_value = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")]
+    font: PathBuf,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs one curation command.
+pub fn run(command: Curation) -> Result<()> {
+    match command {
+        Curation::Heads {
+            sets,
+            models,
+            aligned,
+            min_images,
+            pad,
+            steps,
+            seed,
+            output,
+        } => output.pool()?.install(|| {
+            let config = normgate_train::frozen_heads::HeadFitConfig {
+                steps,
+                seed,
+                ..Default::default()
+            };
+            heads(&sets, &models, &aligned, (min_images, pad), &config, &output)
+        }),
+        Curation::Clean {
+            set,
+            own_below,
+            relabel_above,
+            output,
+        } => output.pool()?.install(|| {
+            let (data, features) = set.measure()?;
+            let config = CleanConfig {
+                own_below,
+                relabel_above,
+            };
+            let r = normgate_train::clean::clean(&data, &features, &config, &output.out)?;
+            print_report(output.json, &r, |r| {
+                let truth = r.truth.map_or(String::new(), |t| {
+                    format!(
+                        "; against the true labels: precision {:.3}, recall {:.3}, F1 {:.3}",
+                        t.precision, t.recall, t.f1
+                    )
+                });
+                format!(
+                    "{} images: {} flagged ({} remove, {} relabel), {} alone in their class, {} unmeasured{truth}; {}",
+                    r.images,
+                    r.flagged,
+                    r.remove,
+                    r.relabel,
+                    r.alone,
+                    r.unmeasured,
+                    output.out.join("report.tsv").display()
+                )
+            })
+        }),
+        Curation::Mine {
+            set,
+            head,
+            tensor,
+            names,
+            m,
+            lambda,
+            negative_margin,
+            top,
+            output,
+        } => output.pool()?.install(|| {
+            let names = names.or_else(|| {
+                let beside = head.parent()?.join(format!("{}.names", tensor.as_deref()?));
+                beside.is_file().then_some(beside)
+            });
+            let matrix = normgate_train::dedup::load_matrix(&head, tensor.as_deref(), names.as_deref(), "")?;
+            let (data, features) = set.measure()?;
+            let config = normgate_train::mine::MineConfig {
+                layer: ASoftmax {
+                    margin: Margin::new(m)?,
+                    lambda,
+                },
+                negative_margin,
+                top,
+            };
+            let r = normgate_train::mine::mine(&data, &features, &matrix, &config, &output.out)?;
+            print_report(output.json, &r, |r| {
+                format!(
+                    "{} images ({} unmeasured): mean loss {:.3}, {} with hard negatives; {} hardest in {}",
+                    r.images,
+                    r.unmeasured,
+                    r.mean_loss,
+                    r.with_hard_negatives,
+                    r.hard,
+                    output.out.join("hard.tsv").display()
+                )
+            })
+        }),
+        Curation::CorruptLabels {
+            data,
+            flip,
+            split,
+            seed,
+            out,
+            json,
+        } => {
+            use normgate_train::label_noise::{corrupt, Corruption};
+            let how = match (flip, split) {
+                (Some(share), None) => Corruption::Flip(share),
+                (None, Some(n)) => Corruption::Split(n),
+                _ => bail!("give one of --flip and --split"),
+            };
+            let r = corrupt(&LabelledSet::load(&data, 1)?, how, seed, &out)?;
+            print_report(json, &r, |r| {
+                format!(
+                    "{} images, {} labels changed, {} classes split; {}",
+                    r.images,
+                    r.flipped,
+                    r.split.len(),
+                    out.join("list.tsv").display()
+                )
+            })
+        }
+    }
+}
+
+/// Measures each set (classes with `min_images`, detection on images padded
+/// by `pad`), fits its head and writes them all.
+fn heads(
+    sets: &[(String, PathBuf)],
+    models: &ModelFlags,
+    aligned: &[String],
+    (min_images, pad): (usize, f32),
+    config: &normgate_train::frozen_heads::HeadFitConfig,
+    output: &OutputFlags,
+) -> Result<()> {
+    let (out, json) = (output.out.as_path(), output.json);
+    use normgate_train::frozen_heads::{fit, write_heads, SetHead};
+    if let Some(unknown) = aligned.iter().find(|a| !sets.iter().any(|(n, _)| n == *a)) {
+        bail!("--aligned names {unknown:?}, which is not a --set");
+    }
+    let mut fitted = Vec::new();
+    let mut dim = None;
+    for (name, spec) in sets {
+        let start = std::time::Instant::now();
+        let set = LabelledSet::load(spec, min_images)?;
+        let features = SetFeatures::measure(&set, &models.load(aligned.contains(name))?.with_pad(pad)?)?;
+        if dim.is_some_and(|d| d != features.dim) {
+            bail!("the sets' features differ in width");
+        }
+        dim = Some(features.dim);
+        let bar = normgate_train::prepare::progress(config.steps as usize, "steps");
+        let head = fit(
+            &features.values,
+            &features.labels(&set),
+            set.classes.len(),
+            features.dim,
+            config,
+            &|_, _| bar.inc(1),
+        )?;
+        bar.finish_and_clear();
+        let report = SetHead {
+            name: name.clone(),
+            images: set.images.len(),
+            measured: features.rows.len(),
+            classes: set.classes.len(),
+            head,
+            seconds: start.elapsed().as_secs_f64(),
+            class_names: set.classes,
+            unmeasured: features.failed,
+        };
+        fitted.push(report);
+    }
+    write_heads(out, &fitted, dim.unwrap_or_default())?;
+    print_report(json, &serde_json::json!({ "sets": fitted }), |_| {
+        let lines: Vec<String> = fitted
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}: {} classes, {} of {} images measured, training accuracy {:.3}, loss {:.3}",
+                    r.name, r.classes, r.measured, r.images, r.head.accuracy, r.head.loss
+                )
+            })
+            .collect();
+        format!(
+            "{}\nheads in {}",
+            lines.join("\n"),
+            out.join("heads.safetensors").display()
+        )
+    })
+}
+
+/// `eval dedup`: precision and recall of a dedup result against known duplicates.
+pub fn eval_dedup(args: EvalDedupArgs) -> Result<()> {
+    use normgate_train::dedup_eval::{evaluate, pr_png, read_names};
+    let names_a = read_names(&args.names_a)?;
+    let names_b = match &args.names_b {
+        Some(p) => read_names(p)?,
+        None => names_a.clone(),
+    };
+    let e = evaluate(&args.pairs, &args.truth, &names_a, &names_b, &args.thresholds)?;
+    if let Some(png) = &args.png {
+        pr_png(&e, Some(args.font.as_path()).filter(|f| f.is_file()), png)?;
+    }
+    print_report(args.json, &e, |e| {
+        let at: Vec<String> =
+            e.at.iter()
+                .map(|p| {
+                    format!(
+                        "above {:.2}: precision {:.3}, recall {:.3} ({} true, {} false)",
+                        p.threshold, p.precision, p.recall, p.true_pairs, p.false_pairs
+                    )
+                })
+                .collect();
+        format!(
+            "{} known duplicates in the heads ({} absent); average precision {:.3}\n{}",
+            e.truth_pairs,
+            e.truth_pairs_absent,
+            e.average_precision,
+            at.join("\n")
+        )
+    })
+}
