@@ -287,8 +287,11 @@ pub fn run(command: Curation) -> Result<()> {
             };
             let r = normgate_train::mine::mine(&data, &features, &matrix, &config, &output.out)?;
             print_report(output.json, &r, |r| {
+                let truth = r.truth.map_or(String::new(), |t| {
+                    format!(" ({} of them mislabelled, of {} in all)", t.wrong_listed, t.wrong)
+                });
                 format!(
-                    "{} images ({} unmeasured): mean loss {:.3}, {} with hard negatives; {} hardest in {}",
+                    "{} images ({} unmeasured): mean loss {:.3}, {} with hard negatives; {} hardest{truth} in {}",
                     r.images,
                     r.unmeasured,
                     r.mean_loss,

@@ -56,6 +56,17 @@ pub struct MineReport {
     pub with_hard_negatives: usize,
     /// The ten most frequent class pairs.
     pub top_confusions: Vec<Confusion>,
+    /// Against a list's true classes, when it has them.
+    pub truth: Option<MinedTruth>,
+}
+
+/// How many mislabelled images the hardest list holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MinedTruth {
+    /// Measured images whose label is wrong.
+    pub wrong: usize,
+    /// Of the listed hardest images, those whose label is wrong.
+    pub wrong_listed: usize,
 }
 
 /// The head row of each of the set's classes, by name.
@@ -139,6 +150,16 @@ pub fn mine(
             names.join(",")
         )?;
     }
+    let truth = set.truth.as_ref().map(|truth| {
+        let wrong = |k: usize| {
+            let image = &set.images[features.rows[k]];
+            truth[features.rows[k]] != set.classes[image.label as usize]
+        };
+        MinedTruth {
+            wrong: (0..labels.len()).filter(|&k| wrong(k)).count(),
+            wrong_listed: order[..listed].iter().filter(|&&k| wrong(k)).count(),
+        }
+    });
     let mut pairs: BTreeMap<(usize, usize), usize> = BTreeMap::new();
     for (negs, &label) in negatives.iter().zip(&labels) {
         for &j in negs {
@@ -175,6 +196,7 @@ pub fn mine(
         hard: listed,
         with_hard_negatives: negatives.iter().filter(|n| !n.is_empty()).count(),
         top_confusions: confusions.into_iter().take(10).collect(),
+        truth,
     })
 }
 
@@ -196,7 +218,7 @@ mod tests {
                 })
                 .collect(),
             classes: vec!["ann".into(), "bob".into()],
-            truth: None,
+            truth: Some(["ann", "bob", "bob", "bob"].map(String::from).to_vec()),
         };
         let paths: Vec<PathBuf> = set.images.iter().map(|i| i.path.clone()).collect();
         // Image 1 (ann) points at bob's row: the hardest, with bob as a hard negative.
@@ -236,6 +258,14 @@ mod tests {
         let out = std::env::temp_dir().join(format!("normgate-mine-{}", std::process::id()));
         let report = mine(&set, &features, &head, &config(), &out).unwrap();
         assert_eq!(report.hard, 2);
+        // Image 1 is truly bob's: the one wrong label, and it is listed.
+        assert_eq!(
+            report.truth,
+            Some(MinedTruth {
+                wrong: 1,
+                wrong_listed: 1
+            })
+        );
         assert_eq!(
             report.top_confusions[0],
             Confusion {
