@@ -42,6 +42,8 @@ pub struct SizeBucket {
     pub found: usize,
     /// `found / faces` (0 without faces).
     pub recall: f64,
+    /// Mean landmark error of the found faces (0 without any).
+    pub nme: f64,
 }
 
 /// LFW through one set of landmarks.
@@ -79,6 +81,13 @@ pub struct DetectorReport {
     pub recall: f64,
     /// Mean landmark error over found faces (>= 32 px), normalised by the reference's inter-ocular distance.
     pub nme: f64,
+    /// The median of those errors (a few lost faces weigh on the mean).
+    pub nme_median: f64,
+    /// Mean normalised error per landmark: left eye, right eye, nose, mouth corners.
+    pub nme_per_landmark: [f64; 5],
+    /// Mean signed offset (x, y) per landmark over the inter-ocular distance:
+    /// a systematic shift (decoding, letterboxing) shows here, noise does not.
+    pub landmark_bias: [[f64; 2]; 5],
     /// Detections per non-face image.
     pub fp_per_image: f64,
     /// Recall per short-side range.
@@ -112,8 +121,20 @@ const BUCKETS: [(f32, f32, &str); 4] = [
 /// One reference face's outcome.
 struct Outcome {
     short_side: f32,
-    /// Normalised landmark error when found.
-    nme: Option<f64>,
+    /// Normalised signed offset (x, y) of each landmark when found.
+    offsets: Option<[[f64; 2]; 5]>,
+}
+
+impl Outcome {
+    /// Normalised distance of each landmark when found.
+    fn errors(&self) -> Option<[f64; 5]> {
+        self.offsets.map(|o| o.map(|[x, y]| x.hypot(y)))
+    }
+
+    /// Mean normalised landmark error when found.
+    fn nme(&self) -> Option<f64> {
+        self.errors().map(|e| e.iter().sum::<f64>() / 5.0)
+    }
 }
 
 /// Greedy matching by IoU (best pairs first): each reference face's outcome.
@@ -140,22 +161,20 @@ fn match_faces(reference: &[Face], detected: &[Face]) -> Vec<Outcome> {
         .zip(used_r)
         .map(|(r, d)| Outcome {
             short_side: r.short_side(),
-            nme: d.map(|d| landmark_error(r, &detected[d])),
+            offsets: d.map(|d| landmark_offsets(r, &detected[d])),
         })
         .collect()
 }
 
-/// Mean distance of the five landmarks over the reference's inter-ocular distance.
-fn landmark_error(reference: &Face, detected: &Face) -> f64 {
-    let dist = |a: [f32; 2], b: [f32; 2]| f64::from(((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt());
-    let ocular = dist(reference.landmarks[0], reference.landmarks[1]).max(1.0);
-    let sum: f64 = reference
-        .landmarks
-        .iter()
-        .zip(&detected.landmarks)
-        .map(|(&a, &b)| dist(a, b))
-        .sum();
-    sum / 5.0 / ocular
+/// Offset of each of the five landmarks from the reference's over the
+/// reference's inter-ocular distance.
+fn landmark_offsets(reference: &Face, detected: &Face) -> [[f64; 2]; 5] {
+    let [l, r] = [reference.landmarks[0], reference.landmarks[1]];
+    let ocular = f64::from((l[0] - r[0]).hypot(l[1] - r[1])).max(1.0);
+    std::array::from_fn(|k| {
+        let (a, b) = (reference.landmarks[k], detected.landmarks[k]);
+        [f64::from(b[0] - a[0]) / ocular, f64::from(b[1] - a[1]) / ocular]
+    })
 }
 
 /// The non-face images: the shared non-face patches and face-free regions of validation images.
@@ -208,17 +227,22 @@ pub fn evaluate(
                 .iter()
                 .filter(|o| o.short_side >= lo && o.short_side < hi)
                 .collect();
-            let found = inside.iter().filter(|o| o.nme.is_some()).count();
+            let errors: Vec<f64> = inside.iter().filter_map(|o| o.nme()).collect();
             SizeBucket {
                 short_side: name.into(),
                 faces: inside.len(),
-                found,
-                recall: ratio(found, inside.len()),
+                found: errors.len(),
+                recall: ratio(errors.len(), inside.len()),
+                nme: errors.iter().sum::<f64>() / errors.len().max(1) as f64,
             }
         })
         .collect();
     let large: Vec<&Outcome> = outcomes.iter().filter(|o| o.short_side >= RECALL_MIN_SIDE).collect();
-    let errors: Vec<f64> = large.iter().filter_map(|o| o.nme).collect();
+    let per_landmark: Vec<[f64; 5]> = large.iter().filter_map(|o| o.errors()).collect();
+    let offsets: Vec<[[f64; 2]; 5]> = large.iter().filter_map(|o| o.offsets).collect();
+    let mut errors: Vec<f64> = large.iter().filter_map(|o| o.nme()).collect();
+    errors.sort_by(f64::total_cmp);
+    let count = per_landmark.len().max(1) as f64;
     let non_faces = non_face_images(data, &validation)?;
     let false_positives: usize = non_faces
         .par_iter()
@@ -232,6 +256,11 @@ pub fn evaluate(
     Ok(DetectorReport {
         recall: ratio(errors.len(), large.len()),
         nme: errors.iter().sum::<f64>() / errors.len().max(1) as f64,
+        nme_median: errors.get(errors.len() / 2).copied().unwrap_or(0.0),
+        nme_per_landmark: std::array::from_fn(|k| per_landmark.iter().map(|e| e[k]).sum::<f64>() / count),
+        landmark_bias: std::array::from_fn(|k| {
+            std::array::from_fn(|c| offsets.iter().map(|o| o[k][c]).sum::<f64>() / count)
+        }),
         fp_per_image: ratio(false_positives, non_faces.len()),
         buckets,
         validation_images: validation.len(),
@@ -345,11 +374,18 @@ mod tests {
         let out = match_faces(&[a, b], &[far, shifted]);
         assert_eq!(out.len(), 2);
         // Every landmark 2 px off, eyes 16 px apart.
-        assert!((out[0].nme.unwrap() - 2.0 / 16.0).abs() < 1e-6);
-        assert!(out[1].nme.is_none());
+        assert!((out[0].nme().unwrap() - 2.0 / 16.0).abs() < 1e-6);
+        assert!(out[0].errors().unwrap().iter().all(|e| (e - 2.0 / 16.0).abs() < 1e-6));
+        // The detection is shifted right: +2 px in x, nothing in y, on every landmark.
+        assert!(out[0]
+            .offsets
+            .unwrap()
+            .iter()
+            .all(|&[x, y]| (x - 2.0 / 16.0).abs() < 1e-6 && y == 0.0));
+        assert!(out[1].nme().is_none());
         assert_eq!((out[0].short_side, out[1].short_side), (40.0, 20.0));
         // Two references over one detection: only one is found.
         let twice = match_faces(&[a, a], &[shifted]);
-        assert_eq!(twice.iter().filter(|o| o.nme.is_some()).count(), 1);
+        assert_eq!(twice.iter().filter(|o| o.nme().is_some()).count(), 1);
     }
 }
