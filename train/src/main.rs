@@ -920,6 +920,7 @@ fn quantize(
 }
 
 fn main() -> ExitCode {
+    normgate_train::keep_freed_memory();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match Cli::parse().command {
         Command::Prepare(args) => prepare_data(args),
