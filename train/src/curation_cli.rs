@@ -339,8 +339,8 @@ fn heads(
     config: &normgate_train::frozen_heads::HeadFitConfig,
     output: &OutputFlags,
 ) -> Result<()> {
-    let (out, json) = (output.out.as_path(), output.json);
     use normgate_train::frozen_heads::{fit, write_heads, SetHead};
+    let (out, json) = (output.out.as_path(), output.json);
     if let Some(unknown) = aligned.iter().find(|a| !sets.iter().any(|(n, _)| n == *a)) {
         bail!("--aligned names {unknown:?}, which is not a --set");
     }
