@@ -12,6 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use candle_nn::{Optimizer, VarMap, SGD};
+use clap::ValueEnum;
 use serde::Serialize;
 
 use crate::backbone::{Backbone, BackboneConfig, ConvImpl};
@@ -191,10 +192,10 @@ pub fn run(network: Network, threads: &[usize], batch: usize, rounds: usize) -> 
                 "step",
                 "--worker",
                 "--network",
-                match network {
-                    Network::Backbone => "backbone",
-                    Network::Detector => "detector",
-                },
+                network
+                    .to_possible_value()
+                    .expect("every network is a value")
+                    .get_name(),
                 "--batch",
                 &batch.to_string(),
                 "--rounds",

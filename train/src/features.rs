@@ -11,7 +11,7 @@ use image::RgbImage;
 use normgate::card::ModelCard;
 use normgate::detector::Detector;
 use normgate::embedder::Embedder;
-use normgate::still::embed_main_face;
+use normgate::still::aligned_main_face;
 use rayon::prelude::*;
 
 use crate::datasets::{read_rgb, LabelledSet};
@@ -65,6 +65,12 @@ impl FaceModels {
         canvas
     }
 
+    /// The image's main face aligned to the embedder's template, found on
+    /// the padded image (see [`aligned_main_face`]).
+    pub fn aligned(&self, image: RgbImage) -> Result<RgbImage> {
+        Ok(aligned_main_face(self.padded(image), self.detector.as_ref(), &self.embedder)?.0)
+    }
+
     /// The feature of each image's main face, or why there is none (in
     /// parallel on the current thread pool; `tick` after each image).
     pub fn features(&self, images: &[PathBuf], tick: &(dyn Fn() + Sync)) -> Vec<std::result::Result<Vec<f32>, String>> {
@@ -72,8 +78,8 @@ impl FaceModels {
             .par_iter()
             .map(|path| {
                 let feature = read_rgb(path)
-                    .and_then(|image| embed_main_face(self.padded(image), self.detector.as_ref(), &self.embedder))
-                    .map(|(feature, _)| feature)
+                    .and_then(|image| self.aligned(image))
+                    .and_then(|crop| Ok(self.embedder.embed(&[crop])?.remove(0)))
                     .map_err(|e| format!("{e:#}"));
                 tick();
                 feature
@@ -136,11 +142,6 @@ impl SetFeatures {
     pub fn labels(&self, set: &LabelledSet) -> Vec<u32> {
         self.rows.iter().map(|&i| set.images[i].label).collect()
     }
-
-    /// One feature row.
-    pub fn row(&self, k: usize) -> &[f32] {
-        &self.values[k * self.dim..][..self.dim]
-    }
 }
 
 #[cfg(test)]
@@ -182,7 +183,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(f.rows, [0, 2]);
-        assert_eq!(f.row(1), [3.0, 4.0]);
+        assert_eq!(f.values, [1.0, 2.0, 3.0, 4.0]);
         assert_eq!(f.failed, [(PathBuf::from("b"), "no face found".to_string())]);
         let e = SetFeatures::collect(&paths[..1], vec![Err("cannot read a".into())]).unwrap_err();
         assert!(e.to_string().contains("cannot read a"), "{e}");

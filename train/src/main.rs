@@ -720,7 +720,7 @@ fn norms(args: NormsArgs) -> Result<()> {
 fn parse_set(spec: &str) -> std::result::Result<(String, PathBuf), String> {
     match spec.split_once('=') {
         Some((name, dir)) if !name.is_empty() && !dir.is_empty() => Ok((name.into(), dir.into())),
-        _ => Err(format!("{spec:?}: give a data set as NAME=FOLDER")),
+        _ => Err(format!("{spec:?}: give a data set as NAME=PATH")),
     }
 }
 

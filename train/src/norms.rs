@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use normgate::still::aligned_main_face;
 use normgate_core::norm::l2_norm;
 
 use crate::features::FaceModels;
@@ -166,10 +165,7 @@ pub fn contact_sheet(root: &Path, measured: &[Measured], n: usize, models: &Face
         .collect();
     let crops = chosen
         .iter()
-        .map(|m| {
-            let image = crate::datasets::read_rgb(&root.join(&m.path))?;
-            Ok(aligned_main_face(image, models.detector.as_ref(), &models.embedder)?.0)
-        })
+        .map(|m| models.aligned(crate::datasets::read_rgb(&root.join(&m.path))?))
         .collect::<Result<Vec<_>>>()?;
     let (w, h) = crops[0].dimensions();
     let per_row = n.min(12) as u32;
