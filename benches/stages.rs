@@ -4,7 +4,8 @@
 //! `models/backbone.onnx`), so fp32, QDQ and QOperator files can be compared
 //! side by side in one run. `NORMGATE_BENCH_DETECTORS` names the detectors
 //! the same way (default the shipped `models/detector.onnx`; the first one's
-//! face feeds alignment). Missing models are skipped with a note.
+//! face feeds alignment, and the landmark refiner `models/refiner.onnx` on
+//! that face). Missing models are skipped with a note.
 //!
 //! `cargo bench --bench stages`; for aarch64 under qemu (a hint only) add
 //! `--target aarch64-unknown-linux-gnu` with the runner of cross/test-aarch64.sh.
@@ -16,6 +17,7 @@ use image::RgbImage;
 use normgate::card::ModelCard;
 use normgate::detector::{letterbox, DetectParams, Detector};
 use normgate::embedder::Embedder;
+use normgate::landmarks::Refiner;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -66,6 +68,12 @@ fn stages(c: &mut Criterion) {
         if face.is_none() {
             face = d.detect(&frame, &DetectParams::default()).unwrap().first().copied();
         }
+    }
+    if let (Some(f), Some(model)) = (&face, present(root().join("models/refiner.onnx"))) {
+        let refiner = Refiner::load(&model, &ModelCard::path_for(&model)).unwrap();
+        group.bench_function("refine landmarks of one face", |b| {
+            b.iter(|| refiner.landmarks(&frame, f).unwrap())
+        });
     }
     for (i, model) in paths("NORMGATE_BENCH_EMBEDDERS", "models/backbone.onnx")
         .iter()

@@ -40,6 +40,19 @@ pub struct ModelCard {
     pub embedder: Option<EmbedderCard>,
     /// Present for face detectors.
     pub detector: Option<DetectorCard>,
+    /// Present for landmark refiners.
+    #[serde(default)]
+    pub refiner: Option<RefinerCard>,
+}
+
+/// How to read a landmark refiner ([`crate::landmarks`]).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefinerCard {
+    /// Name of the output `[batch, 10]`: the five points (x, y) as shares of the crop side.
+    pub output: String,
+    /// Side of the square crop as a multiple of the detected box's longer side.
+    pub expand: f32,
 }
 
 /// How to read an embedder.
@@ -103,8 +116,8 @@ impl ModelCard {
         if self.std.iter().any(|s| *s == 0.0 || !s.is_finite()) || self.mean.iter().any(|m| !m.is_finite()) {
             bail!("mean must be finite and std finite and non-zero");
         }
-        match (&self.embedder, &self.detector) {
-            (Some(e), None) => {
+        match (&self.embedder, &self.detector, &self.refiner) {
+            (Some(e), None, None) => {
                 let t = self.template_named(&e.template)?;
                 if (t.width, t.height) != (self.width, self.height) {
                     bail!(
@@ -117,7 +130,7 @@ impl ModelCard {
                     );
                 }
             }
-            (None, Some(d)) => {
+            (None, Some(d), None) => {
                 if d.layout != "retinaface" {
                     bail!(
                         "detector layout {:?} is not supported (supported: retinaface)",
@@ -128,7 +141,15 @@ impl ModelCard {
                     bail!("detector needs one list of anchor sizes per non-zero stride");
                 }
             }
-            _ => bail!("a card needs exactly one of the sections [embedder] and [detector]"),
+            (None, None, Some(r)) => {
+                if self.width != self.height {
+                    bail!("a refiner's input must be square, not {}x{}", self.width, self.height);
+                }
+                if !(r.expand >= 1.0 && r.expand <= 4.0) {
+                    bail!("refiner expand must be in [1, 4], not {}", r.expand);
+                }
+            }
+            _ => bail!("a card needs exactly one of the sections [embedder], [detector] and [refiner]"),
         }
         Ok(())
     }
@@ -217,5 +238,13 @@ mod tests {
         assert!(err(&EMBEDDER.replace("batch = 0", "batch = 0\ncolour = 1")).contains("colour"));
         let no_section = EMBEDDER.split("[embedder]").next().unwrap();
         assert!(err(no_section).contains("exactly one"));
+        let refiner = |side: &str, expand: &str| {
+            format!("{no_section}[refiner]\noutput = \"fc5\"\nexpand = {expand}\n").replace("height = 112", side)
+        };
+        let square: ModelCard = toml::from_str(&refiner("height = 96", "1.25")).unwrap();
+        square.validate().unwrap();
+        assert!(err(&refiner("height = 112", "1.25")).contains("must be square"));
+        assert!(err(&refiner("height = 96", "0.5")).contains("expand must be in [1, 4]"));
+        assert!(err(&format!("{EMBEDDER}[refiner]\noutput = \"x\"\nexpand = 1.2\n")).contains("exactly one"));
     }
 }

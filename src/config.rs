@@ -48,6 +48,9 @@ pub struct ModelsSection {
     pub detector: PathBuf,
     /// The face embedder (the backbone whose feature norm is judged).
     pub embedder: PathBuf,
+    /// The landmark refiner run on every detected face before alignment;
+    /// an empty path aligns from the detector's own landmarks.
+    pub refiner: PathBuf,
     /// Crops embedded per run when the model's batch is free. A short last
     /// batch is padded, so raise this only where frames often hold several faces.
     pub batch: usize,
@@ -58,6 +61,7 @@ impl Default for ModelsSection {
         Self {
             detector: "models/detector.onnx".into(),
             embedder: "models/backbone.onnx".into(),
+            refiner: "models/refiner.onnx".into(),
             batch: 1,
         }
     }

@@ -11,6 +11,7 @@ pub mod detector;
 pub mod durable;
 pub mod embedder;
 pub mod feed;
+pub mod landmarks;
 pub mod metrics;
 pub mod mjpeg;
 pub mod pipeline;

@@ -6,9 +6,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
-use normgate::card::ModelCard;
 use normgate::config::{CameraSection, Config, UploadSection};
-use normgate::detector::Detector;
+use normgate::landmarks::Locator;
 use normgate::pipeline::load_embedder;
 use normgate::runner::{self, Summary};
 use normgate::still::embed_main_face;
@@ -43,6 +42,9 @@ struct Overrides {
     /// Face embedder ONNX model (its card .toml beside it).
     #[arg(long, env = "NORMGATE_EMBEDDER")]
     embedder: Option<PathBuf>,
+    /// Landmark refiner ONNX model (its card .toml beside it); "" uses the detector's landmarks.
+    #[arg(long, env = "NORMGATE_REFINER")]
+    refiner: Option<PathBuf>,
     /// Address of the Prometheus endpoint, or "off".
     #[arg(long, env = "NORMGATE_METRICS")]
     metrics: Option<String>,
@@ -81,6 +83,9 @@ impl Overrides {
         if let Some(path) = &self.embedder {
             config.models.embedder = path.clone();
         }
+        if let Some(path) = &self.refiner {
+            config.models.refiner = path.clone();
+        }
         if let Some(addr) = &self.metrics {
             config.metrics.listen = addr.clone();
         }
@@ -112,6 +117,9 @@ enum Command {
         /// Face detector ONNX model, used unless --aligned.
         #[arg(long, env = "NORMGATE_DETECTOR", default_value = "models/detector.onnx")]
         detector: PathBuf,
+        /// Landmark refiner ONNX model run after the detector ("": the detector's landmarks).
+        #[arg(long, env = "NORMGATE_REFINER", default_value = "models/refiner.onnx")]
+        refiner: PathBuf,
         /// The images are crops already aligned to the model's template: no detection.
         #[arg(long)]
         aligned: bool,
@@ -166,7 +174,14 @@ fn run(file: Option<PathBuf>, overrides: Overrides, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn embed(model: PathBuf, detector: PathBuf, aligned: bool, json: bool, images: Vec<PathBuf>) -> Result<()> {
+fn embed(
+    model: PathBuf,
+    detector: PathBuf,
+    refiner: PathBuf,
+    aligned: bool,
+    json: bool,
+    images: Vec<PathBuf>,
+) -> Result<()> {
     let embedder = load_embedder(&model, 1)?;
     let detector = if aligned {
         None
@@ -177,7 +192,7 @@ fn embed(model: PathBuf, detector: PathBuf, aligned: bool, json: bool, images: V
                 detector.display()
             );
         }
-        Some(Detector::load(&detector, &ModelCard::path_for(&detector))?)
+        Some(Locator::load(&detector, &refiner)?)
     };
     let mut failed = 0;
     for path in &images {
@@ -231,8 +246,12 @@ fn check_config(file: PathBuf, json: bool) -> Result<()> {
         println!("{out}");
     } else {
         println!("{}: valid", file.display());
+        let refiner = match config.models.refiner.as_os_str().is_empty() {
+            true => "none (the detector's landmarks)".to_string(),
+            false => config.models.refiner.display().to_string(),
+        };
         println!(
-            "  models: detector {}, embedder {}",
+            "  models: detector {}, landmark refiner {refiner}, embedder {}",
             config.models.detector.display(),
             config.models.embedder.display()
         );
@@ -264,10 +283,11 @@ fn main() -> ExitCode {
         Command::Embed {
             model,
             detector,
+            refiner,
             aligned,
             json,
             images,
-        } => embed(model, detector, aligned, json, images),
+        } => embed(model, detector, refiner, aligned, json, images),
         Command::CheckConfig { file, json } => check_config(file, json),
     };
     match result {

@@ -14,9 +14,10 @@ use normgate_core::norm::l2_norm;
 
 use crate::card::ModelCard;
 use crate::config::ModelsSection;
-use crate::detector::{DetectParams, Detector, Face};
+use crate::detector::{DetectParams, Face};
 use crate::embedder::Embedder;
 use crate::feed::{Feed, Next};
+use crate::landmarks::Locator;
 use crate::metrics::{CameraLabel, DropLabel, Metrics};
 use crate::record::{content_key, now_rfc3339, Crop, DecisionLog, FaceRecord};
 use crate::sink::spool::Spool;
@@ -28,10 +29,10 @@ const CROP_SCALE: f32 = 1.5;
 /// JPEG quality of uploaded crops.
 const JPEG_QUALITY: u8 = 90;
 
-/// The two models every camera shares.
+/// The models every camera shares.
 pub struct Models {
-    /// Face detector.
-    pub detector: Detector,
+    /// Face detector, with the landmark refiner when one is configured.
+    pub detector: Locator,
     /// Face embedder.
     pub embedder: Embedder,
 }
@@ -51,7 +52,10 @@ impl Models {
     /// Loads both models, refusing a missing file or card with a message that says what to fix.
     pub fn load(section: &ModelsSection) -> Result<Self> {
         check_model(&section.detector, "face detector", "detector")?;
-        let detector = Detector::load(&section.detector, &ModelCard::path_for(&section.detector))?;
+        if !section.refiner.as_os_str().is_empty() {
+            check_model(&section.refiner, "landmark refiner", "refiner")?;
+        }
+        let detector = Locator::load(&section.detector, &section.refiner)?;
         check_model(&section.embedder, "face embedder", "embedder")?;
         let embedder = Embedder::load(
             &section.embedder,

@@ -5,8 +5,9 @@
 use anyhow::{bail, Result};
 use image::RgbImage;
 
-use crate::detector::{DetectParams, Detector, Face};
+use crate::detector::{DetectParams, Face};
 use crate::embedder::Embedder;
+use crate::landmarks::Locator;
 
 /// The face an image is about: the largest.
 pub fn main_face(faces: &[Face]) -> Option<&Face> {
@@ -17,7 +18,7 @@ pub fn main_face(faces: &[Face]) -> Option<&Face> {
 /// itself when `detector` is `None` (see [`aligned_main_face`]).
 pub fn embed_main_face(
     image: RgbImage,
-    detector: Option<&Detector>,
+    detector: Option<&Locator>,
     embedder: &Embedder,
 ) -> Result<(Vec<f32>, Option<Face>)> {
     let (crop, face) = aligned_main_face(image, detector, embedder)?;
@@ -30,7 +31,7 @@ pub fn embed_main_face(
 /// 112x96 embedder.
 pub fn aligned_main_face(
     image: RgbImage,
-    detector: Option<&Detector>,
+    detector: Option<&Locator>,
     embedder: &Embedder,
 ) -> Result<(RgbImage, Option<Face>)> {
     Ok(match detector {

@@ -181,6 +181,21 @@ impl Backbone {
     }
 }
 
+/// A network of a run folder's checkpoint: built with the run's `seed`
+/// under `prefix`, then given the checkpoint's weights.
+pub fn load_checkpoint(
+    dir: &std::path::Path,
+    config: BackboneConfig,
+    seed: u64,
+    prefix: &str,
+) -> anyhow::Result<(Backbone, candle_nn::VarMap)> {
+    let map = candle_nn::VarMap::new();
+    let vb = crate::vars::SeededVars::builder(&map, seed, &candle_core::Device::Cpu);
+    let net = Backbone::new(config, ConvImpl::Fast, vb.pp(prefix))?;
+    crate::optim::load_weights(&map, dir)?;
+    Ok((net, map))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

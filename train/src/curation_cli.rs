@@ -22,12 +22,15 @@ pub struct ModelFlags {
     /// The detector .onnx (card beside it); unused for aligned images.
     #[arg(long, default_value = "models/detector.onnx")]
     pub detector: PathBuf,
+    /// The landmark refiner .onnx run after the detector ("": the detector's landmarks).
+    #[arg(long, default_value = "models/refiner.onnx")]
+    pub refiner: PathBuf,
 }
 
 impl ModelFlags {
     /// Loads the embedder, and the detector unless the images are `aligned`.
     pub fn load(&self, aligned: bool) -> Result<FaceModels> {
-        FaceModels::load(&self.model, &self.detector, aligned)
+        FaceModels::load(&self.model, &self.detector, &self.refiner, aligned)
     }
 }
 

@@ -8,7 +8,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use image::RgbImage;
-use normgate::detector::{iou, DetectParams, Detector, Face};
+use normgate::detector::{iou, DetectParams, Face};
+use normgate::landmarks::Locator;
 use normgate_core::align::{align_rgb8, ARCFACE_112X112};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -100,6 +101,8 @@ pub struct DetectorReport {
     pub non_face_images: usize,
     /// Detections on them.
     pub false_positives: usize,
+    /// Pixels each validation image was moved right and down before detection (0: none).
+    pub shift: u32,
     /// The device's detection thresholds used.
     pub score_threshold: f32,
     /// NMS IoU.
@@ -188,11 +191,12 @@ fn non_face_images(data: &Path, validation: &[(RgbImage, Vec<Face>)]) -> Result<
 
 /// Measures `detector` on the validation split under `data` (pseudo-labels in `cache_dir`).
 pub fn evaluate(
-    detector: &Detector,
+    detector: &Locator,
     data: &Path,
     cache_dir: &Path,
     params: &DetectParams,
     backbone: Option<&Model>,
+    shift: u32,
 ) -> Result<DetectorReport> {
     let labels: Vec<_> = crate::pseudo::load(cache_dir)?
         .into_iter()
@@ -212,7 +216,10 @@ pub fn evaluate(
         .par_iter()
         .map(|(image, faces)| {
             let reference: Vec<Face> = faces.iter().filter(|f| f.score >= REFERENCE_SCORE).copied().collect();
-            Ok(match_faces(&reference, &detector.detect(image, params)?))
+            Ok(match_faces(
+                &reference,
+                &detect_shifted(detector, image, params, shift)?,
+            ))
         })
         .collect::<Result<Vec<_>>>()?
         .into_iter()
@@ -267,11 +274,36 @@ pub fn evaluate(
         reference_faces: outcomes.len(),
         non_face_images: non_faces.len(),
         false_positives,
+        shift,
         score_threshold: params.score_threshold,
         nms_iou: params.nms_iou,
         ms_per_image,
         end_to_end,
     })
+}
+
+/// The faces found in `image` moved `shift` pixels right and down on a grey
+/// canvas, mapped back: how far the landmarks follow the face when it sits
+/// elsewhere on the anchor grid (0: the image as it is).
+fn detect_shifted(detector: &Locator, image: &RgbImage, params: &DetectParams, shift: u32) -> Result<Vec<Face>> {
+    if shift == 0 {
+        return detector.detect(image, params);
+    }
+    let mut canvas = RgbImage::from_pixel(image.width() + shift, image.height() + shift, image::Rgb([128; 3]));
+    image::imageops::replace(&mut canvas, image, i64::from(shift), i64::from(shift));
+    let back = |[x, y]: [f32; 2]| [x - shift as f32, y - shift as f32];
+    Ok(detector
+        .detect(&canvas, params)?
+        .into_iter()
+        .map(|f| {
+            let ([x1, y1], [x2, y2]) = (back([f.bbox[0], f.bbox[1]]), back([f.bbox[2], f.bbox[3]]));
+            Face {
+                bbox: [x1, y1, x2, y2],
+                score: f.score,
+                landmarks: f.landmarks.map(back),
+            }
+        })
+        .collect())
 }
 
 fn ratio(a: usize, b: usize) -> f64 {
@@ -300,7 +332,7 @@ fn verification(lfw: &LfwScores) -> Verification {
 /// LFW with crops aligned from `detector`'s landmarks (the main face, as
 /// prepare picks it) against the prepared teacher-aligned crops.
 fn end_to_end(
-    detector: &Detector,
+    detector: &Locator,
     model: &Model,
     data: &Path,
     cache_dir: &Path,

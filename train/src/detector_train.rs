@@ -116,16 +116,12 @@ impl DetectorSet {
     /// Loads the training split of the pseudo-labels (images from `data`),
     /// the Glint24 cache's training identities and the non-face samples.
     pub fn load(data: &Path, cache_dir: &Path, samples: &Path, threads: usize) -> Result<Self> {
-        let labels = training_labels(cache_dir)?;
-        if labels.is_empty() {
-            bail!("the pseudo-labels hold no training image");
-        }
-        let all_faces: Vec<Face> = labels
+        let scenes = training_scenes(data, cache_dir, threads)?;
+        let confident: Vec<Face> = scenes
             .iter()
-            .flat_map(|l| l.faces.iter().filter(|f| f.score >= 0.9).map(|f| f.face()))
+            .flat_map(|(_, faces)| faces.iter().filter(|f| f.score >= 0.9).copied())
             .collect();
-        let face_box = template_box(&all_faces).context("no confident teacher face to place the template box")?;
-        let scenes = load_scenes(data, &labels, threads)?;
+        let face_box = template_box(&confident).context("no confident teacher face to place the template box")?;
         let glint = Cache::load(cache_dir, "glint24")?;
         let faces = (0..glint.len())
             .filter(|&i| {
@@ -154,6 +150,16 @@ impl DetectorSet {
             scenes: &self.scenes,
         }
     }
+}
+
+/// The training split's pseudo-labelled images (from `data`), decoded on
+/// `threads` threads, with the teacher's faces.
+pub fn training_scenes(data: &Path, cache_dir: &Path, threads: usize) -> Result<Vec<(RgbImage, Vec<Face>)>> {
+    let labels = training_labels(cache_dir)?;
+    if labels.is_empty() {
+        bail!("the pseudo-labels hold no training image");
+    }
+    load_scenes(data, &labels, threads)
 }
 
 /// Decodes the labelled images on `threads` threads, keeping the list's order.

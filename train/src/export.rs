@@ -272,6 +272,7 @@ fn rgb_card(width: usize, height: usize, batch: usize) -> ModelCard {
         std: [128.0; 3],
         embedder: None,
         detector: None,
+        refiner: None,
     }
 }
 
@@ -299,6 +300,17 @@ pub fn backbone_card(config: &BackboneConfig, recommended_threshold: Option<f32>
             output: OUTPUT.into(),
             template: "sphereface_112x96".into(),
             recommended_threshold,
+        }),
+        ..rgb_card(config.width, config.height, 0)
+    }
+}
+
+/// The card of an exported landmark refiner (square input, free batch).
+pub fn refiner_card(config: &BackboneConfig, expand: f32) -> ModelCard {
+    ModelCard {
+        refiner: Some(normgate::card::RefinerCard {
+            output: OUTPUT.into(),
+            expand,
         }),
         ..rgb_card(config.width, config.height, 0)
     }
@@ -405,6 +417,32 @@ pub fn export_detector_run(run: &Path, path: &Path, frames: &[image::RgbImage]) 
     Ok(divergence.check(frames.len()))
 }
 
+/// Exports a landmark refiner run to `path` (and its card) and checks the
+/// written file against candle on the middle square of each of `frames`.
+pub fn export_refiner_run(run: &Path, path: &Path, frames: &[image::RgbImage]) -> Result<ExportCheck> {
+    use candle_core::{Device, Tensor};
+    let (net, map, config) = crate::landmark_train::load_refiner(run)?;
+    let network = config.network.config();
+    write(
+        &backbone_model(&network, &collect_weights(&map, "refiner")?)?,
+        &refiner_card(&network, config.expand),
+        path,
+    )?;
+    let card = ModelCard::load(&ModelCard::path_for(path))?;
+    let tract = normgate::runtime::Network::load(path, &card, 1, &[OUTPUT])?;
+    let mut divergence = Divergence::default();
+    let side = network.width;
+    for frame in frames {
+        let (w, h) = (frame.width() as f32, frame.height() as f32);
+        let region = normgate::landmarks::Region::around([0.0, 0.0, w, h], 1.0);
+        let crop = region.crop(frame, side as u32)?;
+        let outputs = tract.run(&[card.input_tensor(&crop)])?;
+        let x = Tensor::from_vec(crate::detector_train::chw(&crop), (1, 3, side, side), &Device::Cpu)?;
+        divergence.add(&outputs[0], &net.forward(&x)?.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(divergence.check(frames.len()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,6 +481,53 @@ mod tests {
         }
         // The device's detector loads it with its card.
         assert!(normgate::detector::Detector::load(&path, &ModelCard::path_for(&path)).is_ok());
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn the_device_runs_an_exported_refiner_like_candle() {
+        use normgate::detector::Face;
+        use normgate::landmarks::{Refiner, Region};
+        let mut config = tiny_backbone([4, 6, 8], [1, 0, 1], 10);
+        (config.height, config.width) = (32, 32);
+        let map = VarMap::new();
+        let net = Backbone::new(
+            config,
+            ConvImpl::Fast,
+            SeededVars::builder(&map, 5, &Device::Cpu).pp("refiner"),
+        )
+        .unwrap();
+        let path = std::env::temp_dir().join(format!("normgate-export-ref-{}/refiner.onnx", std::process::id()));
+        let model = backbone_model(&config, &collect_weights(&map, "refiner").unwrap()).unwrap();
+        write(&model, &refiner_card(&config, 1.25), &path).unwrap();
+        let refiner = Refiner::load(&path, &ModelCard::path_for(&path)).unwrap();
+        let frame = image::RgbImage::from_fn(120, 90, |x, y| {
+            image::Rgb([(x * 2) as u8, (y * 2) as u8, (x + y) as u8])
+        });
+        let face = Face {
+            bbox: [30.0, 20.0, 70.0, 70.0],
+            score: 0.9,
+            landmarks: [[0.0; 2]; 5],
+        };
+        let refined = refiner.landmarks(&frame, &face).unwrap();
+        // candle on the same crop, mapped back to the frame the same way.
+        let region = Region::around(face.bbox, 1.25);
+        let crop = region.crop(&frame, 32).unwrap();
+        let x = Tensor::from_vec(crate::detector_train::chw(&crop), (1, 3, 32, 32), &Device::Cpu).unwrap();
+        let shares = net
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for (k, point) in refined.iter().enumerate() {
+            let expected = region.from_shares([shares[2 * k], shares[2 * k + 1]]);
+            assert!(
+                (point[0] - expected[0]).abs() < 1e-3 && (point[1] - expected[1]).abs() < 1e-3,
+                "point {k}: {point:?} vs {expected:?}"
+            );
+        }
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 

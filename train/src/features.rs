@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use image::RgbImage;
-use normgate::card::ModelCard;
-use normgate::detector::Detector;
 use normgate::embedder::Embedder;
+use normgate::landmarks::Locator;
 use normgate::still::aligned_main_face;
 use rayon::prelude::*;
 
@@ -21,7 +20,7 @@ pub struct FaceModels {
     /// The embedder.
     pub embedder: Embedder,
     /// The detector; `None` for crops already on the embedder's template.
-    pub detector: Option<Detector>,
+    pub detector: Option<Locator>,
     /// Margin added on every side before detection, as a share of the
     /// image's size: a face that fills a tight crop has no context for the
     /// detector to find it in.
@@ -30,13 +29,14 @@ pub struct FaceModels {
 
 impl FaceModels {
     /// Loads the models (each `.onnx` with its card beside it).
-    pub fn load(model: &Path, detector: &Path, aligned: bool) -> Result<Self> {
+    /// An empty `refiner` path aligns from the detector's landmarks.
+    pub fn load(model: &Path, detector: &Path, refiner: &Path, aligned: bool) -> Result<Self> {
         Ok(Self {
             embedder: normgate::pipeline::load_embedder(model, 1)?,
             detector: if aligned {
                 None
             } else {
-                Some(Detector::load(detector, &ModelCard::path_for(detector))?)
+                Some(Locator::load(detector, refiner)?)
             },
             pad: 0.0,
         })
@@ -153,11 +153,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("normgate-features-pad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let model = crate::testing::tiny_embedder(&dir);
-        let mut models = FaceModels::load(&model, Path::new("unused"), true).unwrap();
+        let mut models = FaceModels::load(&model, Path::new("unused"), Path::new(""), true).unwrap();
         let image = RgbImage::from_pixel(10, 20, image::Rgb([9; 3]));
         assert_eq!(models.padded(image.clone()), image, "aligned crops are never padded");
-        models.detector =
-            Some(Detector::load(&normgate_detector(), &ModelCard::path_for(&normgate_detector())).unwrap());
+        models.detector = Some(Locator::load(&normgate_detector(), Path::new("")).unwrap());
         let models = models.with_pad(0.5).unwrap();
         let padded = models.padded(image);
         assert_eq!(padded.dimensions(), (20, 40));

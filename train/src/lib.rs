@@ -51,6 +51,7 @@ pub mod gemm;
 pub mod heads;
 pub mod im2col;
 pub mod label_noise;
+pub mod landmark_train;
 pub mod mine;
 pub mod norms;
 pub mod optim;

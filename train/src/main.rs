@@ -9,8 +9,11 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use normgate_train::backbone::BackboneConfig;
 use normgate_train::bench;
-use normgate_train::detector_train::{calibration_frames, DetectorSet, DetectorTrainConfig, DetectorTrainer};
+use normgate_train::detector_train::{
+    calibration_frames, training_scenes, DetectorSet, DetectorTrainConfig, DetectorTrainer,
+};
 use normgate_train::eval;
+use normgate_train::landmark_train::{RefinerTrainConfig, RefinerTrainer};
 use normgate_train::optim::Training;
 use normgate_train::prepare;
 use normgate_train::train::{TrainConfig, Trainer};
@@ -34,6 +37,9 @@ enum Command {
     /// Train the face detector on the teacher's pseudo-labels and Glint24
     /// composites; resumes from the run folder's checkpoint.
     TrainDetector(TrainDetectorArgs),
+    /// Train the landmark refiner on the teacher's five points (crops
+    /// around moved teacher boxes); resumes from the run folder's checkpoint.
+    TrainLandmarks(TrainLandmarksArgs),
     /// Pseudo-labels for the detector: the teacher detector's faces on every
     /// LFW and CelebA image, with a validation split by identity.
     PseudoLabel {
@@ -243,6 +249,34 @@ struct TrainDetectorArgs {
 }
 
 #[derive(clap::Args, Debug)]
+struct TrainLandmarksArgs {
+    /// The shared data folder (the pseudo-labelled images).
+    #[arg(long, default_value = "../shared/data")]
+    data: PathBuf,
+    /// Folder of the caches (`detector_labels.jsonl`).
+    #[arg(long, default_value = "cache")]
+    cache: PathBuf,
+    /// Run folder: checkpoint, config.json, log.jsonl.
+    #[arg(long)]
+    out: PathBuf,
+    /// Optimisation steps.
+    #[arg(long, default_value_t = RefinerTrainConfig::default().steps)]
+    steps: u64,
+    /// Crops per step.
+    #[arg(long, default_value_t = RefinerTrainConfig::default().batch)]
+    batch: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = RefinerTrainConfig::default().lr)]
+    lr: f64,
+    /// Seed of weights and batches.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Threads that decode the images at start (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(clap::Args, Debug)]
 struct NormsArgs {
     /// The folder tree of images (jpg, png).
     root: PathBuf,
@@ -344,6 +378,14 @@ enum EvalCommand {
         /// Backbone for the end-to-end LFW comparison (`none` skips it).
         #[arg(long, default_value = "models/backbone.onnx")]
         backbone: String,
+        /// Landmark refiner run after the detector (`none`: the detector's landmarks).
+        #[arg(long, default_value = "models/refiner.onnx")]
+        refiner: String,
+        /// Move each validation image this many pixels right and down on a
+        /// grey canvas before detecting (landmarks mapped back): how stable
+        /// a detector's landmarks are against the face's place on its anchor grid.
+        #[arg(long, default_value_t = 0)]
+        shift: u32,
         /// Smallest face score kept (the device's default).
         #[arg(long, default_value_t = normgate::detector::DetectParams::default().score_threshold)]
         score_threshold: f32,
@@ -597,6 +639,25 @@ fn train_detector(args: TrainDetectorArgs) -> Result<()> {
     drive_to_end(&mut DetectorTrainer::new(config, set, &args.out)?, &args.out, start)
 }
 
+fn train_landmarks(args: TrainLandmarksArgs) -> Result<()> {
+    let start = std::time::Instant::now();
+    let scenes = training_scenes(&args.data, &args.cache, threads(args.threads))?;
+    let config = RefinerTrainConfig {
+        steps: args.steps,
+        batch: args.batch,
+        lr: args.lr,
+        seed: args.seed,
+        ..RefinerTrainConfig::default()
+    };
+    let mut trainer = RefinerTrainer::new(config, scenes, &args.out)?;
+    eprintln!(
+        "{} teacher faces to train on, loaded in {:.0} s",
+        trainer.faces(),
+        start.elapsed().as_secs_f64()
+    );
+    drive_to_end(&mut trainer, &args.out, start)
+}
+
 fn export(
     run: &std::path::Path,
     out: &std::path::Path,
@@ -604,14 +665,16 @@ fn export(
     data: &std::path::Path,
     json: bool,
 ) -> Result<()> {
-    use normgate_train::export::{export_detector_run, export_run};
-    let detector = normgate_train::optim::read_config::<DetectorTrainConfig>(run).ok();
-    let check = match detector {
-        Some(config) => {
-            let card = normgate_train::export::detector_card(&config.network, config.anchor_sizes);
-            export_detector_run(run, out, &calibration_frames(data, cache, 16, &card)?)?
-        }
-        None => export_run(run, out, &prepare::Cache::load(cache, "lfw_train")?, 256)?,
+    use normgate_train::export::{export_detector_run, export_refiner_run, export_run, refiner_card};
+    use normgate_train::optim::read_config;
+    let check = if let Ok(config) = read_config::<DetectorTrainConfig>(run) {
+        let card = normgate_train::export::detector_card(&config.network, config.anchor_sizes);
+        export_detector_run(run, out, &calibration_frames(data, cache, 16, &card)?)?
+    } else if let Ok(config) = read_config::<RefinerTrainConfig>(run) {
+        let card = refiner_card(&config.network.config(), config.expand);
+        export_refiner_run(run, out, &calibration_frames(data, cache, 16, &card)?)?
+    } else {
+        export_run(run, out, &prepare::Cache::load(cache, "lfw_train")?, 256)?
     };
     if check.max_rel_diff > 1e-4 {
         anyhow::bail!(
@@ -634,11 +697,23 @@ fn eval_detector(
     model: &std::path::Path,
     data: &std::path::Path,
     cache: &std::path::Path,
-    backbone: &str,
+    (backbone, refiner): (&str, &str),
+    shift: u32,
     score_threshold: f32,
     json: bool,
 ) -> Result<()> {
-    let detector = normgate::detector::Detector::load(model, &normgate::card::ModelCard::path_for(model))?;
+    use normgate::card::ModelCard;
+    let refiner = match refiner {
+        "none" => None,
+        path => {
+            let path = std::path::Path::new(path);
+            Some(normgate::landmarks::Refiner::load(path, &ModelCard::path_for(path))?)
+        }
+    };
+    let detector = normgate::landmarks::Locator {
+        detector: normgate::detector::Detector::load(model, &ModelCard::path_for(model))?,
+        refiner,
+    };
     let backbone = match backbone {
         "none" => None,
         spec => Some(eval::Model::parse(spec, None)?),
@@ -647,7 +722,7 @@ fn eval_detector(
         score_threshold,
         ..Default::default()
     };
-    let r = normgate_train::detector_eval::evaluate(&detector, data, cache, &params, backbone.as_ref())?;
+    let r = normgate_train::detector_eval::evaluate(&detector, data, cache, &params, backbone.as_ref(), shift)?;
     print_report(json, &r, |r| {
         let buckets: Vec<String> = r
             .buckets
@@ -926,6 +1001,7 @@ fn main() -> ExitCode {
         Command::Prepare(args) => prepare_data(args),
         Command::Train(args) => train(args),
         Command::TrainDetector(args) => train_detector(args),
+        Command::TrainLandmarks(args) => train_landmarks(args),
         Command::Export {
             run,
             out,
@@ -1024,10 +1100,20 @@ fn main() -> ExitCode {
                     data,
                     cache,
                     backbone,
+                    refiner,
+                    shift,
                     score_threshold,
                     json,
                 },
-        } => eval_detector(&model, &data, &cache, &backbone, score_threshold, json),
+        } => eval_detector(
+            &model,
+            &data,
+            &cache,
+            (&backbone, &refiner),
+            shift,
+            score_threshold,
+            json,
+        ),
         Command::Eval {
             what: EvalCommand::Lfw { on, flip, json },
         } => eval::Model::parse(&on.model, on.card).and_then(|m| {

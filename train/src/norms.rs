@@ -268,7 +268,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("normgate-norms-sheet-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let model = crate::testing::tiny_embedder(&dir);
-        let models = FaceModels::load(&model, Path::new("unused"), true).unwrap();
+        let models = FaceModels::load(&model, Path::new("unused"), Path::new(""), true).unwrap();
         // Five aligned crops of one grey level each; the norms rank them 3, 0, 4, 1, 2.
         let norms = [2.0, 4.0, 5.0, 1.0, 3.0];
         let measured: Vec<Measured> = (0..5u8)

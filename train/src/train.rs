@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backbone::{Backbone, BackboneConfig, ConvImpl};
 use crate::heads::{a_softmax_loss, a_softmax_losses, hardest_rows, norm_select_mask, seed_norm_select};
-use crate::optim::{load_weights, read_config, Progress, Sgd, Training};
+use crate::optim::{read_config, Progress, Sgd, Training};
 use crate::prepare::{Cache, CROP};
 use crate::vars::SeededVars;
 
@@ -377,10 +377,7 @@ impl Training for Trainer {
 /// The backbone of a run folder's checkpoint, for evaluation and export.
 pub fn load_backbone(dir: &Path) -> Result<(Backbone, VarMap, TrainConfig)> {
     let config: TrainConfig = read_config(dir)?;
-    let map = VarMap::new();
-    let vb = SeededVars::builder(&map, config.seed, &Device::Cpu);
-    let net = Backbone::new(config.backbone.config(), ConvImpl::Fast, vb.pp("backbone"))?;
-    load_weights(&map, dir)?;
+    let (net, map) = crate::backbone::load_checkpoint(dir, config.backbone.config(), config.seed, "backbone")?;
     Ok((net, map, config))
 }
 
