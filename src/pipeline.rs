@@ -32,7 +32,7 @@ const JPEG_QUALITY: u8 = 90;
 /// The models every camera shares.
 pub struct Models {
     /// Face detector, with the landmark refiner when one is configured.
-    pub detector: Locator,
+    pub locator: Locator,
     /// Face embedder.
     pub embedder: Embedder,
 }
@@ -49,20 +49,20 @@ fn check_model(path: &Path, role: &str, key: &str) -> Result<()> {
 }
 
 impl Models {
-    /// Loads both models, refusing a missing file or card with a message that says what to fix.
+    /// Loads the models, refusing a missing file or card with a message that says what to fix.
     pub fn load(section: &ModelsSection) -> Result<Self> {
         check_model(&section.detector, "face detector", "detector")?;
         if !section.refiner.as_os_str().is_empty() {
             check_model(&section.refiner, "landmark refiner", "refiner")?;
         }
-        let detector = Locator::load(&section.detector, &section.refiner)?;
+        let locator = Locator::load(&section.detector, &section.refiner)?;
         check_model(&section.embedder, "face embedder", "embedder")?;
         let embedder = Embedder::load(
             &section.embedder,
             &ModelCard::path_for(&section.embedder),
             section.batch,
         )?;
-        Ok(Self { detector, embedder })
+        Ok(Self { locator, embedder })
     }
 }
 
@@ -148,7 +148,7 @@ impl CameraPipeline {
     /// Runs one frame through the pipeline and logs its decisions.
     pub fn process(&mut self, frame: &Frame) -> Result<Vec<FaceRecord>> {
         let started = Instant::now();
-        let faces = self.shared.models.detector.detect(&frame.image, &self.shared.detect)?;
+        let faces = self.shared.models.locator.detect(&frame.image, &self.shared.detect)?;
         self.shared.metrics.observe("detect", started.elapsed());
         self.shared
             .metrics

@@ -163,7 +163,7 @@ fn unusable_input_exits_with_a_message_and_no_panic() {
     let wrong_card = dir.join("wrong.onnx");
     std::fs::write(&wrong_card, b"not onnx").unwrap();
     std::fs::write(dir.join("wrong.toml"), "input = 3\n").unwrap();
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 10] = [
         (&["check-config", bad_config.to_str().unwrap()], "rate"),
         (&["check-config", typo.to_str().unwrap()], "min_face"),
         (&["run", "--config", "does-not-exist.toml"], "cannot read config file"),
@@ -171,6 +171,8 @@ fn unusable_input_exits_with_a_message_and_no_panic() {
         (&["run", "--source", empty.to_str().unwrap()], "holds no images"),
         (&["run", "--detector", "no/such.onnx"], "no/such.onnx not found"),
         (&["run", "--detector", wrong_card.to_str().unwrap()], "wrong.toml"),
+        (&["run", "--refiner", "no/refiner.onnx"], "set [models] refiner"),
+        (&["run", "--refiner", "models/detector.onnx"], "not a landmark refiner"),
         (&["run", "--sink", "ftp://host/x"], "spool"),
     ];
     for (args, needle) in cases {
