@@ -13,7 +13,7 @@ use normgate_train::detector_train::{
     calibration_frames, training_scenes, DetectorSet, DetectorTrainConfig, DetectorTrainer,
 };
 use normgate_train::eval;
-use normgate_train::landmark_train::{RefinerTrainConfig, RefinerTrainer};
+use normgate_train::landmark_train::{RefinerSpec, RefinerTrainConfig, RefinerTrainer};
 use normgate_train::optim::Training;
 use normgate_train::prepare;
 use normgate_train::train::{TrainConfig, Trainer};
@@ -265,6 +265,9 @@ struct TrainLandmarksArgs {
     /// Crops per step.
     #[arg(long, default_value_t = RefinerTrainConfig::default().batch)]
     batch: usize,
+    /// Side of the square input crop, pixels (a multiple of 16).
+    #[arg(long, default_value_t = RefinerTrainConfig::default().network.input)]
+    input: usize,
     /// Peak learning rate.
     #[arg(long, default_value_t = RefinerTrainConfig::default().lr)]
     lr: f64,
@@ -642,12 +645,23 @@ fn train_detector(args: TrainDetectorArgs) -> Result<()> {
 fn train_landmarks(args: TrainLandmarksArgs) -> Result<()> {
     let start = std::time::Instant::now();
     let scenes = training_scenes(&args.data, &args.cache, threads(args.threads))?;
+    if args.input == 0 || args.input % 16 != 0 {
+        anyhow::bail!(
+            "--input {} must be a positive multiple of 16 (four stride-2 stages)",
+            args.input
+        );
+    }
+    let defaults = RefinerTrainConfig::default();
     let config = RefinerTrainConfig {
+        network: RefinerSpec {
+            input: args.input,
+            ..defaults.network
+        },
         steps: args.steps,
         batch: args.batch,
         lr: args.lr,
         seed: args.seed,
-        ..RefinerTrainConfig::default()
+        ..defaults
     };
     let mut trainer = RefinerTrainer::new(config, scenes, &args.out)?;
     eprintln!(
