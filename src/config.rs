@@ -49,7 +49,7 @@ pub struct ModelsSection {
     /// The face embedder (the backbone whose feature norm is judged).
     pub embedder: PathBuf,
     /// The landmark refiner run on every detected face before alignment;
-    /// an empty path aligns from the detector's own landmarks.
+    /// `none` (or an empty path) aligns from the detector's own landmarks.
     pub refiner: PathBuf,
     /// Crops embedded per run when the model's batch is free. A short last
     /// batch is padded, so raise this only where frames often hold several faces.

@@ -125,6 +125,12 @@ impl Refiner {
     }
 }
 
+/// Whether a configured refiner path means "align from the detector's own
+/// points": `none` or an empty path.
+pub fn no_refiner(path: &Path) -> bool {
+    path.as_os_str().is_empty() || path == Path::new("none")
+}
+
 /// Finds faces: the detector, then the refiner's landmarks when there is one.
 pub struct Locator {
     /// The face detector.
@@ -134,12 +140,12 @@ pub struct Locator {
 }
 
 impl Locator {
-    /// Loads the detector and, unless `refiner` is an empty path, the refiner
-    /// (each `.onnx` with its card beside it).
+    /// Loads the detector and, unless `refiner` says none ([`no_refiner`]),
+    /// the refiner (each `.onnx` with its card beside it).
     pub fn load(detector: &Path, refiner: &Path) -> Result<Self> {
         Ok(Self {
             detector: Detector::load(detector, &ModelCard::path_for(detector))?,
-            refiner: if refiner.as_os_str().is_empty() {
+            refiner: if no_refiner(refiner) {
                 None
             } else {
                 Some(Refiner::load(refiner, &ModelCard::path_for(refiner))?)
@@ -198,6 +204,9 @@ mod tests {
             le[1].max(re[1]) < nose[1] && nose[1] < lm[1].min(rm[1]),
             "eyes, nose, mouth from top down"
         );
+        let detector_only = Locator::load(&shipped("detector.onnx"), Path::new("none")).unwrap();
+        assert!(detector_only.refiner.is_none());
+        assert_eq!(detector_only.detect(&image, &params).unwrap()[0].landmarks, p.landmarks);
         let err = Refiner::load(&shipped("detector.onnx"), &shipped("detector.toml"))
             .err()
             .unwrap();

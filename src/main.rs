@@ -42,7 +42,7 @@ struct Overrides {
     /// Face embedder ONNX model (its card .toml beside it).
     #[arg(long, env = "NORMGATE_EMBEDDER")]
     embedder: Option<PathBuf>,
-    /// Landmark refiner ONNX model (its card .toml beside it); "" uses the detector's landmarks.
+    /// Landmark refiner ONNX model (its card .toml beside it); "none" uses the detector's landmarks.
     #[arg(long, env = "NORMGATE_REFINER")]
     refiner: Option<PathBuf>,
     /// Address of the Prometheus endpoint, or "off".
@@ -117,7 +117,7 @@ enum Command {
         /// Face detector ONNX model, used unless --aligned.
         #[arg(long, env = "NORMGATE_DETECTOR", default_value = "models/detector.onnx")]
         detector: PathBuf,
-        /// Landmark refiner ONNX model run after the detector ("": the detector's landmarks).
+        /// Landmark refiner ONNX model run after the detector ("none": the detector's landmarks).
         #[arg(long, env = "NORMGATE_REFINER", default_value = "models/refiner.onnx")]
         refiner: PathBuf,
         /// The images are crops already aligned to the model's template: no detection.
@@ -246,7 +246,7 @@ fn check_config(file: PathBuf, json: bool) -> Result<()> {
         println!("{out}");
     } else {
         println!("{}: valid", file.display());
-        let refiner = match config.models.refiner.as_os_str().is_empty() {
+        let refiner = match normgate::landmarks::no_refiner(&config.models.refiner) {
             true => "none (the detector's landmarks)".to_string(),
             false => config.models.refiner.display().to_string(),
         };

@@ -17,7 +17,7 @@ use crate::config::ModelsSection;
 use crate::detector::{DetectParams, Face};
 use crate::embedder::Embedder;
 use crate::feed::{Feed, Next};
-use crate::landmarks::Locator;
+use crate::landmarks::{no_refiner, Locator};
 use crate::metrics::{CameraLabel, DropLabel, Metrics};
 use crate::record::{content_key, now_rfc3339, Crop, DecisionLog, FaceRecord};
 use crate::sink::spool::Spool;
@@ -52,7 +52,7 @@ impl Models {
     /// Loads the models, refusing a missing file or card with a message that says what to fix.
     pub fn load(section: &ModelsSection) -> Result<Self> {
         check_model(&section.detector, "face detector", "detector")?;
-        if !section.refiner.as_os_str().is_empty() {
+        if !no_refiner(&section.refiner) {
             check_model(&section.refiner, "landmark refiner", "refiner")?;
         }
         let locator = Locator::load(&section.detector, &section.refiner)?;

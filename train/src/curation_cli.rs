@@ -22,7 +22,7 @@ pub struct ModelFlags {
     /// The detector .onnx (card beside it); unused for aligned images.
     #[arg(long, default_value = "models/detector.onnx")]
     pub detector: PathBuf,
-    /// The landmark refiner .onnx run after the detector ("": the detector's landmarks).
+    /// The landmark refiner .onnx run after the detector ("none": the detector's landmarks).
     #[arg(long, default_value = "models/refiner.onnx")]
     pub refiner: PathBuf,
 }

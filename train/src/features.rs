@@ -29,7 +29,7 @@ pub struct FaceModels {
 
 impl FaceModels {
     /// Loads the models (each `.onnx` with its card beside it).
-    /// An empty `refiner` path aligns from the detector's landmarks.
+    /// A `refiner` of `none` aligns from the detector's landmarks.
     pub fn load(model: &Path, detector: &Path, refiner: &Path, aligned: bool) -> Result<Self> {
         Ok(Self {
             embedder: normgate::pipeline::load_embedder(model, 1)?,
