@@ -35,6 +35,18 @@ impl Face {
     pub fn area(&self) -> f32 {
         (self.bbox[2] - self.bbox[0]).max(0.0) * (self.bbox[3] - self.bbox[1]).max(0.0)
     }
+
+    /// The face with its box corners and landmarks sent through `point`: a
+    /// move or a scaling that keeps the axes' directions (a mirror does not:
+    /// it swaps corners and sides).
+    pub fn mapped(&self, point: impl Fn([f32; 2]) -> [f32; 2]) -> Face {
+        let ([x1, y1], [x2, y2]) = (point([self.bbox[0], self.bbox[1]]), point([self.bbox[2], self.bbox[3]]));
+        Face {
+            bbox: [x1, y1, x2, y2],
+            score: self.score,
+            landmarks: self.landmarks.map(point),
+        }
+    }
 }
 
 /// Intersection over union of two boxes.
@@ -222,12 +234,10 @@ impl Detector {
             self.layout.variance,
             params.score_threshold,
         );
-        let mut faces = nms(faces, params.nms_iou);
-        for f in &mut faces {
-            f.bbox.iter_mut().for_each(|v| *v /= scale);
-            f.landmarks.iter_mut().flatten().for_each(|v| *v /= scale);
-        }
-        Ok(faces)
+        Ok(nms(faces, params.nms_iou)
+            .into_iter()
+            .map(|f| f.mapped(|[x, y]| [x / scale, y / scale]))
+            .collect())
     }
 }
 
@@ -287,6 +297,20 @@ mod tests {
         assert_eq!((boxed.dimensions(), scale), ((64, 64), 0.32));
         assert_eq!(boxed.get_pixel(10, 10).0, [255, 0, 0]);
         assert_eq!(boxed.get_pixel(10, 40).0, [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_mapped_face_moves_its_corners_and_landmarks_and_keeps_its_score() {
+        let face = Face {
+            bbox: [10.0, 20.0, 30.0, 50.0],
+            score: 0.7,
+            landmarks: [[12.0, 25.0], [28.0, 25.0], [20.0, 35.0], [14.0, 45.0], [26.0, 45.0]],
+        };
+        let moved = face.mapped(|[x, y]| [2.0 * x + 1.0, y - 5.0]);
+        assert_eq!(moved.bbox, [21.0, 15.0, 61.0, 45.0]);
+        assert_eq!(moved.landmarks[0], [25.0, 20.0]);
+        assert_eq!(moved.landmarks[4], [53.0, 40.0]);
+        assert_eq!(moved.score, 0.7);
     }
 
     #[test]

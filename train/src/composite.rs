@@ -169,11 +169,7 @@ fn paste_feathered(canvas: &mut RgbImage, crop: &RgbImage, ox: i64, oy: i64) {
 
 /// `face` moved right by `dx`.
 fn shift(face: &Face, dx: f32) -> Face {
-    Face {
-        bbox: [face.bbox[0] + dx, face.bbox[1], face.bbox[2] + dx, face.bbox[3]],
-        score: face.score,
-        landmarks: face.landmarks.map(|[x, y]| [x + dx, y]),
-    }
+    face.mapped(|[x, y]| [x + dx, y])
 }
 
 /// A composite: a background with 0 to [`MAX_FACES`] faces that do not overlap.

@@ -8,6 +8,7 @@
 use image::imageops::{flip_horizontal, replace, resize, FilterType};
 use image::{Rgb, RgbImage};
 use normgate::detector::Face;
+use normgate_core::align::Landmarks;
 use rand::Rng;
 
 /// The grey the device pads frames with, `(127.5 - 127.5) / 128 = 0` after normalisation.
@@ -37,14 +38,18 @@ impl Default for Augment {
 /// Mirrors a face in an image of width `width`.
 pub fn mirror(face: &Face, width: f32) -> Face {
     let [x1, y1, x2, y2] = face.bbox;
-    let m = |[x, y]: [f32; 2]| [width - x, y];
-    let l = face.landmarks;
     Face {
         bbox: [width - x2, y1, width - x1, y2],
         score: face.score,
-        // Left eye <-> right eye, nose stays, left mouth <-> right mouth.
-        landmarks: [m(l[1]), m(l[0]), m(l[2]), m(l[4]), m(l[3])],
+        landmarks: mirror_landmarks(&face.landmarks, width),
     }
+}
+
+/// Mirrors five landmarks in an image of width `width`: left eye <-> right
+/// eye, nose stays, left mouth corner <-> right mouth corner.
+pub fn mirror_landmarks(l: &Landmarks, width: f32) -> Landmarks {
+    let m = |[x, y]: [f32; 2]| [width - x, y];
+    [m(l[1]), m(l[0]), m(l[2]), m(l[4]), m(l[3])]
 }
 
 /// One augmented sample of `image` with `faces` on a `side x side` canvas.
@@ -74,17 +79,7 @@ pub fn sample(
     replace(&mut canvas, &scaled, i64::from(ox), i64::from(oy));
     let (sx, sy) = (nw as f32 / w as f32, nh as f32 / h as f32);
     let place = |[x, y]: [f32; 2]| [x * sx + ox as f32, y * sy + oy as f32];
-    let placed = moved
-        .iter()
-        .map(|f| {
-            let [a, b] = [place([f.bbox[0], f.bbox[1]]), place([f.bbox[2], f.bbox[3]])];
-            Face {
-                bbox: [a[0], a[1], b[0], b[1]],
-                score: f.score,
-                landmarks: f.landmarks.map(place),
-            }
-        })
-        .collect();
+    let placed = moved.iter().map(|f| f.mapped(place)).collect();
     (canvas, placed)
 }
 

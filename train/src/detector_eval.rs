@@ -295,14 +295,7 @@ fn detect_shifted(detector: &Locator, image: &RgbImage, params: &DetectParams, s
     Ok(detector
         .detect(&canvas, params)?
         .into_iter()
-        .map(|f| {
-            let ([x1, y1], [x2, y2]) = (back([f.bbox[0], f.bbox[1]]), back([f.bbox[2], f.bbox[3]]));
-            Face {
-                bbox: [x1, y1, x2, y2],
-                score: f.score,
-                landmarks: f.landmarks.map(back),
-            }
-        })
+        .map(|f| f.mapped(back))
         .collect())
 }
 

@@ -23,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::backbone::{Backbone, BackboneConfig, ConvImpl};
-use crate::detector_data::{mirror, photometric};
+use crate::detector_data::{mirror_landmarks, photometric};
 use crate::detector_train::chw;
 use crate::optim::{learning_rate, read_config, Progress, Sgd, Training};
 use crate::vars::SeededVars;
@@ -142,15 +142,7 @@ pub fn training_crop(
     let mut points = face.landmarks.map(|p| region.to_shares(p));
     if rng.random_bool(0.5) {
         crop = flip_horizontal(&crop);
-        let flipped = mirror(
-            &Face {
-                bbox: [0.0; 4],
-                score: 1.0,
-                landmarks: points,
-            },
-            1.0,
-        );
-        points = flipped.landmarks;
+        points = mirror_landmarks(&points, 1.0);
     }
     photometric(&mut crop, rng);
     Ok((crop, points))
