@@ -10,7 +10,7 @@ use crate::activation::bias_prelu;
 use crate::conv::{conv2d, ConvParams};
 
 /// Which implementation of convolution, bias and PReLU the network runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ConvImpl {
     /// This crate's ops: im2col + matrix multiply convolution ([`crate::conv`])
     /// and the fused bias + PReLU ([`crate::activation`]).

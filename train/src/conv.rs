@@ -8,12 +8,15 @@
 //!
 //! candle's built-in CPU backward runs the input gradient through a naive
 //! transposed convolution and the weight gradient as a convolution with a
-//! feature-map-sized kernel; this op replaces both, with one `im2col` per
-//! image serving both gradients. Images of a batch are spread over rayon's
-//! threads (`RAYON_NUM_THREADS`), and the column matrices live in per-thread
-//! buffers that are reused across layers and steps.
+//! feature-map-sized kernel; this op replaces both. When candle records the
+//! op for a backward pass, the forward keeps its column matrices for the
+//! weight gradient instead of the backward building them again (a tenth of
+//! the detector's step); otherwise they live in per-thread buffers that are
+//! reused across layers and steps. Images of a batch are spread over rayon's
+//! threads (`RAYON_NUM_THREADS`).
 
 use std::cell::RefCell;
+use std::sync::Mutex;
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -33,13 +36,37 @@ pub struct ConvParams {
 
 /// `conv2d(x [B, Cin, H, W], w [Cout, Cin, kh, kw])` with the fast backward.
 pub fn conv2d(x: &Tensor, w: &Tensor, params: ConvParams) -> Result<Tensor> {
-    x.contiguous()?.apply_op2(&w.contiguous()?, Conv2d { params })
+    // candle keeps the op for a backward pass exactly when an operand is tracked.
+    let recorded = x.track_op() || w.track_op();
+    x.contiguous()?.apply_op2(
+        &w.contiguous()?,
+        Conv2d {
+            params,
+            kept_columns: recorded.then(|| Mutex::new(Vec::new())),
+        },
+    )
 }
 
 thread_local! {
     /// Two column matrices of the image in hand (im2col of the input, and the
     /// input gradient before col2im); they grow to the largest layer and stay.
     static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Column matrices that a backward pass is done with, for the next forward:
+/// allocated once for every layer instead of anew (and zeroed) each step.
+static SPARE_COLUMNS: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+
+/// The smallest spare buffer that holds `len` values (a new one if none
+/// does), cut to `len`; its values are stale, `im2col` overwrites them all.
+fn spare_columns(len: usize) -> Vec<f32> {
+    let mut spare = lock(&SPARE_COLUMNS);
+    let fit = (0..spare.len())
+        .filter(|&i| spare[i].capacity() >= len)
+        .min_by_key(|&i| spare[i].capacity());
+    let mut columns = fit.map(|i| spare.swap_remove(i)).unwrap_or_default();
+    columns.resize(len, 0.0);
+    columns
 }
 
 fn with_columns<R>(len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
@@ -77,24 +104,35 @@ fn geometry(x: (usize, usize, usize, usize), w: (usize, usize, usize, usize), p:
     })
 }
 
-/// Runs `per_image(image index, output chunk)` over a batch: images in parallel
-/// when there are several, otherwise the matrix multiply itself in parallel.
-fn for_each_image(out: &mut [f32], chunk: usize, per_image: impl Fn(usize, &mut [f32], usize) + Sync) {
+/// Runs `per_image(image index, output chunk, its kept columns if any, gemm
+/// threads)` over a batch: images in parallel when there are several,
+/// otherwise the matrix multiply itself in parallel.
+fn for_each_image(
+    out: &mut [f32],
+    out_chunk: usize,
+    kept: Option<(&mut [f32], usize)>,
+    per_image: impl Fn(usize, &mut [f32], Option<&mut [f32]>, usize) + Sync,
+) {
     let threads = rayon::current_num_threads();
-    if out.len() / chunk.max(1) >= 2 && threads > 1 {
-        out.par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(b, o)| per_image(b, o, 1));
+    let images = out.len() / out_chunk.max(1);
+    let kept: Vec<Option<&mut [f32]>> = match kept {
+        Some((columns, len)) => columns.chunks_mut(len.max(1)).map(Some).collect(),
+        None => (0..images).map(|_| None).collect(),
+    };
+    let chunks = out.chunks_mut(out_chunk.max(1)).zip(kept).enumerate();
+    if images >= 2 && threads > 1 {
+        chunks.par_bridge().for_each(|(b, (o, c))| per_image(b, o, c, 1));
     } else {
-        out.chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(b, o)| per_image(b, o, threads));
+        chunks.for_each(|(b, (o, c))| per_image(b, o, c, threads));
     }
 }
 
 /// The convolution op; its backward computes both gradients in one pass ([`backward`]).
 struct Conv2d {
     params: ConvParams,
+    /// Present when candle records the op: the forward's column matrices of
+    /// every image, taken by the backward.
+    kept_columns: Option<Mutex<Vec<f32>>>,
 }
 
 impl CustomOp2 for Conv2d {
@@ -109,17 +147,29 @@ impl CustomOp2 for Conv2d {
             contiguous(s2, l2, "conv2d kernel")?,
         );
         let batch = l1.shape().dims4()?.0;
+        let columns_len = g.k() * g.out_pixels();
         let mut out = vec![0.0f32; batch * g.out_len()];
-        for_each_image(&mut out, g.out_len(), |b, y, threads| {
-            with_columns(g.k() * g.out_pixels(), |cols, _| {
-                im2col(&g, &x[b * g.in_len()..][..g.in_len()], cols);
-                let (kernel, columns) = (
-                    Operand::plain(w, g.c_out, g.k()),
-                    Operand::plain(cols, g.k(), g.out_pixels()),
-                );
-                matmul(kernel, columns, y, false, threads);
-            })
-        });
+        let convolve = |b: usize, y: &mut [f32], cols: &mut [f32], threads: usize| {
+            im2col(&g, &x[b * g.in_len()..][..g.in_len()], cols);
+            let (kernel, columns) = (
+                Operand::plain(w, g.c_out, g.k()),
+                Operand::plain(cols, g.k(), g.out_pixels()),
+            );
+            matmul(kernel, columns, y, false, threads);
+        };
+        let per_image = |b: usize, y: &mut [f32], kept: Option<&mut [f32]>, threads: usize| match kept {
+            Some(cols) => convolve(b, y, cols, threads),
+            // One image's columns at a time, in this thread's reused buffer.
+            None => with_columns(columns_len, |cols, _| convolve(b, y, cols, threads)),
+        };
+        match &self.kept_columns {
+            Some(kept) => {
+                let mut columns = spare_columns(batch * columns_len);
+                for_each_image(&mut out, g.out_len(), Some((&mut columns, columns_len)), per_image);
+                *lock(kept) = columns;
+            }
+            None => for_each_image(&mut out, g.out_len(), None, per_image),
+        }
         Ok((
             CpuStorage::F32(out),
             Shape::from((batch, g.c_out, g.h_out(), g.w_out())),
@@ -131,13 +181,18 @@ impl CustomOp2 for Conv2d {
         let g = geometry(x.dims4()?, w.dims4()?, self.params)?;
         let batch = x.dims4()?.0;
         let need_dx = x.track_op();
+        let kept = self.kept_columns.as_ref().map(|k| std::mem::take(&mut *lock(k)));
+        let kept = kept.filter(|k| k.len() == batch * g.k() * g.out_pixels());
         let (dx, dw) = with_slice(x, "conv2d input", |xs| {
             with_slice(w, "conv2d kernel", |ws| {
                 with_slice(&grad, "conv2d output gradient", |gs| {
-                    Ok(backward(&g, batch, xs, ws, gs, need_dx))
+                    Ok(backward(&g, batch, xs, ws, gs, need_dx, kept.as_deref()))
                 })
             })
         })?;
+        if let Some(columns) = kept {
+            lock(&SPARE_COLUMNS).push(columns);
+        }
         let dx = match dx {
             Some(dx) => Some(Tensor::from_vec(dx, x.shape(), x.device())?),
             None => None,
@@ -146,9 +201,15 @@ impl CustomOp2 for Conv2d {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The buffers are valid whatever a panicking holder left in them.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Both gradients of a batch: each thread takes a contiguous run of images,
 /// writes their input gradients and sums their weight gradients; the
-/// per-thread sums are added at the end.
+/// per-thread sums are added at the end. `kept`: the forward's column
+/// matrices of the whole batch; without them each image's are built again.
 fn backward(
     g: &ConvGeometry,
     batch: usize,
@@ -156,6 +217,7 @@ fn backward(
     w: &[f32],
     dy: &[f32],
     need_dx: bool,
+    kept: Option<&[f32]>,
 ) -> (Option<Vec<f32>>, Vec<f32>) {
     let threads = rayon::current_num_threads().min(batch).max(1);
     let per_thread = batch.div_ceil(threads);
@@ -174,9 +236,16 @@ fn backward(
         .enumerate()
         .map(|(t, dx_run)| {
             let mut dw = vec![0.0f32; g.c_out * g.k()];
-            with_columns(g.k() * g.out_pixels(), |cols, dcols| {
+            let columns_len = g.k() * g.out_pixels();
+            with_columns(columns_len, |scratch, dcols| {
                 for (i, b) in (t * per_thread..((t + 1) * per_thread).min(batch)).enumerate() {
-                    im2col(g, &x[b * g.in_len()..][..g.in_len()], cols);
+                    let cols: &[f32] = match kept {
+                        Some(kept) => &kept[b * columns_len..][..columns_len],
+                        None => {
+                            im2col(g, &x[b * g.in_len()..][..g.in_len()], scratch);
+                            scratch
+                        }
+                    };
                     let dy_b = Operand::plain(&dy[b * g.out_len()..][..g.out_len()], g.c_out, g.out_pixels());
                     let cols_t = Operand::transposed(cols, g.out_pixels(), g.k());
                     matmul(dy_b, cols_t, &mut dw, i > 0, gemm_threads);
@@ -304,6 +373,30 @@ mod tests {
                     analytic[i]
                 );
             }
+        }
+    }
+
+    #[test]
+    fn untracked_inputs_give_the_same_output() {
+        // Plain tensors: candle records nothing, so no columns are kept.
+        let (x, w) = (random(&[4, 3, 9, 8], 5), random(&[6, 3, 3, 3], 6));
+        let p = ConvParams { stride: 2, pad: 1 };
+        let plain = conv2d(&x, &w, p).unwrap();
+        let (tracked, _, _) = run(&x, &w, &plain.ones_like().unwrap(), p, true);
+        assert_eq!(max_abs_diff(&plain, &tracked), 0.0);
+    }
+
+    #[test]
+    fn a_second_backward_builds_the_columns_again() {
+        let (xv, wv) = (
+            Var::from_tensor(&random(&[3, 2, 7, 6], 7)).unwrap(),
+            Var::from_tensor(&random(&[4, 2, 3, 3], 8)).unwrap(),
+        );
+        let y = conv2d(xv.as_tensor(), wv.as_tensor(), ConvParams { stride: 1, pad: 1 }).unwrap();
+        let loss = (&y * &random(y.dims(), 9)).unwrap().sum_all().unwrap();
+        let (first, second) = (loss.backward().unwrap(), loss.backward().unwrap());
+        for v in [xv.as_tensor(), wv.as_tensor()] {
+            assert_eq!(max_abs_diff(first.get(v).unwrap(), second.get(v).unwrap()), 0.0);
         }
     }
 

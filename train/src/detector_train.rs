@@ -23,6 +23,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::anchors::Matching;
+use crate::backbone::ConvImpl;
 use crate::composite::{composite, template_box, Ingredients};
 use crate::datasets::read_rgb;
 use crate::detection_loss::{detection_loss, image_targets};
@@ -225,6 +226,12 @@ pub struct DetectorTrainer {
 impl DetectorTrainer {
     /// Builds the network, from `dir`'s checkpoint if it has one.
     pub fn new(config: DetectorTrainConfig, set: DetectorSet, dir: &Path) -> Result<Self> {
+        Self::with_conv(config, set, dir, ConvImpl::Fast)
+    }
+
+    /// [`DetectorTrainer::new`] on a chosen convolution implementation
+    /// (candle's built-in one only serves to measure what the fast ops save).
+    pub fn with_conv(config: DetectorTrainConfig, set: DetectorSet, dir: &Path, conv: ConvImpl) -> Result<Self> {
         if config.anchor_sizes.len() != 3 || config.anchor_sizes.iter().any(|s| s.len() != config.network.anchors) {
             bail!(
                 "anchor_sizes needs three levels of {} sizes each",
@@ -232,7 +239,11 @@ impl DetectorTrainer {
             );
         }
         let map = VarMap::new();
-        let net = FaceNet::new(config.network, SeededVars::builder(&map, config.seed, &Device::Cpu))?;
+        let net = FaceNet::with_conv(
+            config.network,
+            conv,
+            SeededVars::builder(&map, config.seed, &Device::Cpu),
+        )?;
         let mut sgd = Sgd::new(&map)?;
         let step = sgd.resume(dir, &config)?;
         let priors = priors(config.canvas, &STRIDES, &config.anchor_sizes);
@@ -434,6 +445,14 @@ mod tests {
             ..tiny_config()
         };
         assert!(DetectorTrainer::new(bad, tiny_set(), &root.join("c")).is_err());
+        // candle's built-in convolution trains the same network.
+        let mut builtin =
+            DetectorTrainer::with_conv(tiny_config(), tiny_set(), &root.join("d"), ConvImpl::Builtin).unwrap();
+        crate::optim::drive(&mut builtin, &root.join("d")).unwrap();
+        for (a, b) in weights(&straight).iter().zip(weights(&builtin)) {
+            let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert!(diff < 1e-4, "{diff}");
+        }
         // The run exports to a file tract runs like candle.
         let out = root.join("det.onnx");
         let frame = RgbImage::from_fn(64, 64, |x, y| Rgb([(x * 4) as u8, (y * 4) as u8, 9]));

@@ -86,7 +86,7 @@ impl DetectorConfig {
 /// Values per anchor of the three heads.
 pub const HEADS: [(&str, usize); 3] = [("loc", 4), ("conf", 2), ("landmarks", 10)];
 
-/// A 3x3 convolution with bias and no activation (a head).
+/// The weights of one head: a 3x3 convolution with bias and no activation.
 struct Head {
     weight: Tensor,
     bias: Tensor,
@@ -100,16 +100,40 @@ impl Head {
             bias: vb.get_with_hints(c_out, "bias", Init::Const(0.0))?,
         })
     }
+}
 
-    /// `[B, C, H, W]` -> `[B, H * W * anchors, per_anchor]`, cells row by row.
-    fn forward(&self, x: &Tensor, per_anchor: usize, conv: ConvImpl) -> Result<Tensor> {
+/// The loc, conf and landmark heads of one level (in [`HEADS`] order). They
+/// read the same feature map, so they run as one convolution with their
+/// kernels stacked: one column matrix and one input gradient instead of three.
+struct LevelHeads {
+    heads: [Head; 3],
+    anchors: usize,
+}
+
+impl LevelHeads {
+    /// `[B, C, H, W]` -> per head `[B, H * W * anchors, per_anchor]`, cells row by row.
+    fn forward(&self, x: &Tensor, conv: ConvImpl) -> Result<[Tensor; 3]> {
+        let weight = Tensor::cat(&self.heads.each_ref().map(|h| &h.weight), 0)?;
+        let bias = Tensor::cat(&self.heads.each_ref().map(|h| &h.bias), 0)?;
         let y = match conv {
-            ConvImpl::Fast => conv2d(x, &self.weight, ConvParams { stride: 1, pad: 1 })?,
-            ConvImpl::Builtin => x.conv2d(&self.weight, 1, 1, 1, 1)?,
+            ConvImpl::Fast => conv2d(x, &weight, ConvParams { stride: 1, pad: 1 })?,
+            ConvImpl::Builtin => x.conv2d(&weight, 1, 1, 1, 1)?,
         };
-        let y = y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
+        let y = y.broadcast_add(&bias.reshape((1, (), 1, 1))?)?;
         let b = y.dim(0)?;
-        y.permute((0, 2, 3, 1))?.contiguous()?.reshape((b, (), per_anchor))
+        let cells_last = y.permute((0, 2, 3, 1))?.contiguous()?;
+        let mut start = 0;
+        let outputs = HEADS.map(|(_, per_anchor)| {
+            let channels = self.anchors * per_anchor;
+            let out = cells_last
+                .narrow(3, start, channels)?
+                .contiguous()?
+                .reshape((b, (), per_anchor));
+            start += channels;
+            out
+        });
+        let [loc, conf, landmarks] = outputs;
+        Ok([loc?, conf?, landmarks?])
     }
 }
 
@@ -119,7 +143,7 @@ pub struct FaceNet {
     /// Each stride-2 layer with its residual units.
     layers: Vec<(ConvUnit, Vec<(ConvUnit, ConvUnit)>)>,
     /// Per level, the loc, conf and landmark heads.
-    heads: Vec<[Head; 3]>,
+    heads: Vec<LevelHeads>,
 }
 
 impl FaceNet {
@@ -146,11 +170,12 @@ impl FaceNet {
             .map(|level| {
                 let c_in = config.widths[2 + level];
                 let vl = vb.pp(format!("level{level}"));
-                Ok([
-                    Head::new(c_in, config.anchors * 4, vl.pp("loc"))?,
-                    Head::new(c_in, config.anchors * 2, vl.pp("conf"))?,
-                    Head::new(c_in, config.anchors * 10, vl.pp("landmarks"))?,
-                ])
+                let [loc, conf, landmarks] =
+                    HEADS.map(|(name, per_anchor)| Head::new(c_in, config.anchors * per_anchor, vl.pp(name)));
+                Ok(LevelHeads {
+                    heads: [loc?, conf?, landmarks?],
+                    anchors: config.anchors,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { conv, layers, heads })
@@ -171,8 +196,8 @@ impl FaceNet {
         }
         let mut outputs: [Vec<Tensor>; 3] = Default::default();
         for (feature, heads) in levels.iter().zip(&self.heads) {
-            for (k, (head, (_, per_anchor))) in heads.iter().zip(HEADS).enumerate() {
-                outputs[k].push(head.forward(feature, per_anchor, self.conv)?);
+            for (all, one) in outputs.iter_mut().zip(heads.forward(feature, self.conv)?) {
+                all.push(one);
             }
         }
         let [loc, conf, landmarks] = outputs;

@@ -93,13 +93,8 @@ pub fn im2col(g: &ConvGeometry, image: &[f32], cols: &mut [f32]) {
                     out[..ox0].fill(0.0);
                     out[ox1..].fill(0.0);
                     let ix0 = ox0 * g.stride + kx - g.pad;
-                    if g.stride == 1 {
-                        out[ox0..ox1].copy_from_slice(&src[ix0..ix0 + (ox1 - ox0)]);
-                    } else {
-                        for (o, v) in out[ox0..ox1].iter_mut().zip(src[ix0..].iter().step_by(g.stride)) {
-                            *o = *v;
-                        }
-                    }
+                    let n = ox1 - ox0;
+                    gather(&mut out[ox0..ox1], &src[ix0..ix0 + (n - 1) * g.stride + 1], g.stride);
                 }
             }
         }
@@ -128,16 +123,50 @@ pub fn col2im(g: &ConvGeometry, cols: &[f32], image: &mut [f32]) {
                     let dst = &mut plane[iy * g.w..][..g.w];
                     let ix0 = ox0 * g.stride + kx - g.pad;
                     let src = &row[oy * wo + ox0..oy * wo + ox1];
-                    if g.stride == 1 {
-                        dst[ix0..ix0 + src.len()].iter_mut().zip(src).for_each(|(d, v)| *d += v);
-                    } else {
-                        for (v, d) in src.iter().zip(dst[ix0..].iter_mut().step_by(g.stride)) {
-                            *d += v;
-                        }
-                    }
+                    scatter_add(&mut dst[ix0..ix0 + (src.len() - 1) * g.stride + 1], src, g.stride);
                 }
             }
         }
+    }
+}
+
+/// `out[i] = src[i * stride]`, where `src` ends at the last value taken.
+/// Strides 1 and 2 are spelled so that the compiler vectorizes them.
+fn gather(out: &mut [f32], src: &[f32], stride: usize) {
+    match stride {
+        1 => out.copy_from_slice(src),
+        2 => {
+            let pairs = src.chunks_exact(2);
+            let last = pairs.remainder();
+            for (o, pair) in out.iter_mut().zip(pairs) {
+                *o = pair[0];
+            }
+            out[out.len() - 1] = last[0];
+        }
+        _ => out
+            .iter_mut()
+            .zip(src.iter().step_by(stride))
+            .for_each(|(o, v)| *o = *v),
+    }
+}
+
+/// `dst[i * stride] += src[i]`, where `dst` ends at the last value written;
+/// the same shapes as [`gather`].
+fn scatter_add(dst: &mut [f32], src: &[f32], stride: usize) {
+    match stride {
+        1 => dst.iter_mut().zip(src).for_each(|(d, v)| *d += v),
+        2 => {
+            let n = src.len();
+            for (pair, v) in dst.chunks_exact_mut(2).zip(src) {
+                // Rewriting the odd value keeps the store group whole, which
+                // lets the compiler vectorize it.
+                let (even, odd) = (pair[0] + v, pair[1]);
+                pair[0] = even;
+                pair[1] = odd;
+            }
+            dst[2 * (n - 1)] += src[n - 1];
+        }
+        _ => dst.iter_mut().step_by(stride).zip(src).for_each(|(d, v)| *d += v),
     }
 }
 
@@ -153,7 +182,7 @@ mod tests {
             1usize..9,
             1usize..4,
             1usize..4,
-            1usize..3,
+            1usize..4,
             0usize..3,
         )
             .prop_filter_map("kernel fits", |(c_in, h, w, kh, kw, stride, pad)| {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use normgate_train::backbone::BackboneConfig;
+use normgate_train::backbone::{BackboneConfig, ConvImpl};
 use normgate_train::bench;
 use normgate_train::detector_train::{
     calibration_frames, training_scenes, DetectorSet, DetectorTrainConfig, DetectorTrainer,
@@ -215,6 +215,10 @@ struct TrainArgs {
     /// Seed of weights, batches and flips.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Convolution ops: this crate's (fast) or candle's own (builtin, only to
+    /// measure what the fast ones save).
+    #[arg(long, value_enum, default_value = "fast")]
+    conv: ConvImpl,
 }
 
 #[derive(clap::Args, Debug)]
@@ -246,6 +250,10 @@ struct TrainDetectorArgs {
     /// Threads that decode the images at start (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Convolution ops: this crate's (fast) or candle's own (builtin, only to
+    /// measure what the fast ones save).
+    #[arg(long, value_enum, default_value = "fast")]
+    conv: ConvImpl,
 }
 
 #[derive(clap::Args, Debug)]
@@ -606,7 +614,11 @@ fn train(args: TrainArgs) -> Result<()> {
         ..TrainConfig::default()
     };
     let start = std::time::Instant::now();
-    drive_to_end(&mut Trainer::new(config, &args.cache, &args.out)?, &args.out, start)
+    drive_to_end(
+        &mut Trainer::with_conv(config, &args.cache, &args.out, args.conv)?,
+        &args.out,
+        start,
+    )
 }
 
 /// Runs a training to its end and says what it did.
@@ -639,7 +651,11 @@ fn train_detector(args: TrainDetectorArgs) -> Result<()> {
         seed: args.seed,
         ..DetectorTrainConfig::default()
     };
-    drive_to_end(&mut DetectorTrainer::new(config, set, &args.out)?, &args.out, start)
+    drive_to_end(
+        &mut DetectorTrainer::with_conv(config, set, &args.out, args.conv)?,
+        &args.out,
+        start,
+    )
 }
 
 fn train_landmarks(args: TrainLandmarksArgs) -> Result<()> {

@@ -199,6 +199,12 @@ pub struct Trainer {
 impl Trainer {
     /// Loads the caches and builds the network, from `dir`'s checkpoint if it has one.
     pub fn new(config: TrainConfig, cache_dir: &Path, dir: &Path) -> Result<Self> {
+        Self::with_conv(config, cache_dir, dir, ConvImpl::Fast)
+    }
+
+    /// [`Trainer::new`] on a chosen convolution implementation (candle's
+    /// built-in one only serves to measure what the fast ops save).
+    pub fn with_conv(config: TrainConfig, cache_dir: &Path, dir: &Path, conv: ConvImpl) -> Result<Self> {
         let caches = SOURCES
             .iter()
             .map(|s| Cache::load(cache_dir, s))
@@ -215,7 +221,7 @@ impl Trainer {
         let classes = [0, 1].map(|i| caches[i].labels.iter().map(|&l| l as usize + 1).max().unwrap_or(0));
         let map = VarMap::new();
         let vb = SeededVars::builder(&map, config.seed, &Device::Cpu);
-        let net = Backbone::new(config.backbone.config(), ConvImpl::Fast, vb.pp("backbone"))?;
+        let net = Backbone::new(config.backbone.config(), conv, vb.pp("backbone"))?;
         let init = Init::Randn { mean: 0.0, stdev: 0.1 };
         let heads = [
             vb.get_with_hints((classes[0], config.backbone.feature_dim), "head.glint24", init)?,
