@@ -87,6 +87,19 @@ pub struct DetectorCard {
     pub variance: [f32; 2],
 }
 
+/// Refuses a missing model file with what to set: `role` names the model
+/// ("face detector"), `key` its `[models]` key and command-line flag.
+pub fn check_model(path: &Path, role: &str, key: &str) -> Result<()> {
+    if !path.is_file() {
+        bail!(
+            "{role} model {} not found: set [models] {key} in the config (or --{key}) to an ONNX model with its card {} beside it; see models/MODELS.md",
+            path.display(),
+            ModelCard::path_for(path).display()
+        );
+    }
+    Ok(())
+}
+
 impl ModelCard {
     /// The card path of a model: the same path with the extension `toml`.
     pub fn path_for(model: &Path) -> PathBuf {

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use image::RgbImage;
 use normgate_core::align::{warp_rgb8, Landmarks, Similarity};
 
-use crate::card::ModelCard;
+use crate::card::{check_model, ModelCard};
 use crate::detector::{DetectParams, Detector, Face};
 use crate::runtime::Network;
 
@@ -143,6 +143,10 @@ impl Locator {
     /// Loads the detector and, unless `refiner` says none ([`no_refiner`]),
     /// the refiner (each `.onnx` with its card beside it).
     pub fn load(detector: &Path, refiner: &Path) -> Result<Self> {
+        check_model(detector, "face detector", "detector")?;
+        if !no_refiner(refiner) {
+            check_model(refiner, "landmark refiner", "refiner")?;
+        }
         Ok(Self {
             detector: Detector::load(detector, &ModelCard::path_for(detector))?,
             refiner: if no_refiner(refiner) {
@@ -211,6 +215,18 @@ mod tests {
             .err()
             .unwrap();
         assert!(format!("{err:#}").contains("not a landmark refiner"), "{err:#}");
+    }
+
+    #[test]
+    fn a_missing_model_says_what_to_set() {
+        let missing = Path::new("no/such.onnx");
+        let err = Locator::load(missing, Path::new("none")).err().unwrap().to_string();
+        assert!(err.contains("set [models] detector"), "{err}");
+        let err = Locator::load(&shipped("detector.onnx"), missing)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("set [models] refiner"), "{err}");
     }
 
     #[test]

@@ -220,7 +220,7 @@ impl Metrics {
 
     /// Mean latency of each stage seen so far, milliseconds.
     pub fn mean_stage_ms(&self) -> BTreeMap<String, f64> {
-        ["detect", "align", "embed", "sink"]
+        ["detect", "refine", "align", "embed", "sink"]
             .into_iter()
             .filter_map(|stage| {
                 let totals = self.stage_totals.lock().unwrap();

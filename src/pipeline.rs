@@ -7,17 +7,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use image::RgbImage;
 use normgate_core::gate::{Candidate, Gate, GateConfig, Reason};
 use normgate_core::norm::l2_norm;
 
-use crate::card::ModelCard;
+use crate::card::{check_model, ModelCard};
 use crate::config::ModelsSection;
 use crate::detector::{DetectParams, Face};
 use crate::embedder::Embedder;
 use crate::feed::{Feed, Next};
-use crate::landmarks::{no_refiner, Locator};
+use crate::landmarks::Locator;
 use crate::metrics::{CameraLabel, DropLabel, Metrics};
 use crate::record::{content_key, now_rfc3339, Crop, DecisionLog, FaceRecord};
 use crate::sink::spool::Spool;
@@ -36,25 +36,9 @@ pub struct Models {
     /// Face embedder.
     pub embedder: Embedder,
 }
-
-fn check_model(path: &Path, role: &str, key: &str) -> Result<()> {
-    if !path.is_file() {
-        bail!(
-            "{role} model {} not found: set [models] {key} in the config (or --{key}) to an ONNX model with its card {} beside it; see models/MODELS.md",
-            path.display(),
-            ModelCard::path_for(path).display()
-        );
-    }
-    Ok(())
-}
-
 impl Models {
     /// Loads the models, refusing a missing file or card with a message that says what to fix.
     pub fn load(section: &ModelsSection) -> Result<Self> {
-        check_model(&section.detector, "face detector", "detector")?;
-        if !no_refiner(&section.refiner) {
-            check_model(&section.refiner, "landmark refiner", "refiner")?;
-        }
         let locator = Locator::load(&section.detector, &section.refiner)?;
         check_model(&section.embedder, "face embedder", "embedder")?;
         let embedder = Embedder::load(
@@ -148,7 +132,8 @@ impl CameraPipeline {
     /// Runs one frame through the pipeline and logs its decisions.
     pub fn process(&mut self, frame: &Frame) -> Result<Vec<FaceRecord>> {
         let started = Instant::now();
-        let faces = self.shared.models.locator.detect(&frame.image, &self.shared.detect)?;
+        let locator = &self.shared.models.locator;
+        let mut faces = locator.detector.detect(&frame.image, &self.shared.detect)?;
         self.shared.metrics.observe("detect", started.elapsed());
         self.shared
             .metrics
@@ -160,6 +145,17 @@ impl CameraPipeline {
             .iter()
             .map(|f| self.gate.precheck(f.short_side(), f.score))
             .collect();
+        // Only faces that will be aligned get the refiner's landmarks; the
+        // others keep the detector's in the decision log.
+        if let Some(refiner) = &locator.refiner {
+            for (face, precheck) in faces.iter_mut().zip(&prechecks) {
+                if precheck.is_none() {
+                    let started = Instant::now();
+                    face.landmarks = refiner.landmarks(&frame.image, face)?;
+                    self.shared.metrics.observe("refine", started.elapsed());
+                }
+            }
+        }
         let mut aligned = Vec::new();
         for (face, precheck) in faces.iter().zip(&prechecks) {
             if precheck.is_none() {

@@ -285,6 +285,8 @@ fn the_sharp_face_is_uploaded_and_degraded_faces_and_non_faces_are_not() {
     assert_eq!(reported, dropped);
     assert_eq!(summary["uploads"]["delivered"], 1);
     assert_eq!(summary["uploads"]["queued"], 0);
+    // The shipped refiner re-read the landmarks of the faces that were aligned.
+    assert!(summary["stage_ms"]["refine"].as_f64().unwrap() > 0.0, "{summary}");
 
     // Every dropped face was sampled into the audit folder (rate 1), with its record.
     let audited = std::fs::read_dir(&audit)
