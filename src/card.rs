@@ -53,6 +53,10 @@ pub struct RefinerCard {
     pub output: String,
     /// Side of the square crop as a multiple of the detected box's longer side.
     pub expand: f32,
+    /// Also read the mirrored crop and average the two readings (twice the
+    /// compute; the gain is measured in models/MODELS.md).
+    #[serde(default)]
+    pub mirror: bool,
 }
 
 /// How to read an embedder.

@@ -75,11 +75,15 @@ impl Region {
     }
 }
 
+/// Landmark order under a horizontal flip: the eyes and the mouth corners swap.
+const MIRRORED: [usize; 5] = [1, 0, 2, 4, 3];
+
 /// A loaded landmark refiner.
 pub struct Refiner {
     network: Network,
     card: ModelCard,
     expand: f32,
+    mirror: bool,
 }
 
 impl Refiner {
@@ -95,6 +99,7 @@ impl Refiner {
             network,
             card,
             expand: r.expand,
+            mirror: r.mirror,
         })
     }
 
@@ -107,13 +112,24 @@ impl Refiner {
     pub fn landmarks(&self, image: &RgbImage, face: &Face) -> Result<Landmarks> {
         let region = self.region(face);
         let crop = region.crop(image, self.card.width)?;
-        let out = self.network.run(&[self.card.input_tensor(&crop)])?.remove(0);
+        let mut shares = self.shares(&crop)?;
+        if self.mirror {
+            let mirrored = self.shares(&image::imageops::flip_horizontal(&crop))?;
+            for (k, s) in shares.iter_mut().enumerate() {
+                let [u, v] = mirrored[MIRRORED[k]];
+                *s = [(s[0] + 1.0 - u) / 2.0, (s[1] + v) / 2.0];
+            }
+        }
+        Ok(shares.map(|s| region.from_shares(s)))
+    }
+
+    /// The network's five points on a crop, as shares of its side.
+    fn shares(&self, crop: &RgbImage) -> Result<[[f32; 2]; 5]> {
+        let out = self.network.run(&[self.card.input_tensor(crop)])?.remove(0);
         if out.len() != 10 || out.iter().any(|v| !v.is_finite()) {
             bail!("the refiner gave {} values (or non-finite ones), not 10", out.len());
         }
-        Ok(std::array::from_fn(|k| {
-            region.from_shares([out[2 * k], out[2 * k + 1]])
-        }))
+        Ok(std::array::from_fn(|k| [out[2 * k], out[2 * k + 1]]))
     }
 
     /// Replaces the landmarks of every face with the refined ones.
@@ -215,6 +231,35 @@ mod tests {
             .err()
             .unwrap();
         assert!(format!("{err:#}").contains("not a landmark refiner"), "{err:#}");
+    }
+
+    #[test]
+    fn the_mirrored_reading_makes_the_points_of_a_mirrored_frame_mirrored() {
+        let refiner = Refiner::load(&shipped("refiner.onnx"), &shipped("refiner.toml")).unwrap();
+        assert!(refiner.mirror, "the shipped card asks for the mirrored reading");
+        let image = image::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/astronaut.png"))
+            .unwrap()
+            .to_rgb8();
+        let width = image.width() as f32;
+        let face = Face {
+            bbox: [180.0, 40.0, 320.0, 220.0],
+            score: 1.0,
+            landmarks: [[0.0; 2]; 5],
+        };
+        let flip = |[x, y]: [f32; 2]| [width - x, y];
+        let mirrored_face = Face {
+            bbox: [width - 320.0, 40.0, width - 180.0, 220.0],
+            ..face
+        };
+        let points = refiner.landmarks(&image, &face).unwrap();
+        let mirrored = refiner
+            .landmarks(&image::imageops::flip_horizontal(&image), &mirrored_face)
+            .unwrap();
+        for (k, &m) in MIRRORED.iter().enumerate() {
+            let [x, y] = flip(mirrored[m]);
+            let off = (x - points[k][0]).hypot(y - points[k][1]);
+            assert!(off < 0.05, "point {k}: {:?} against {:?}", points[k], [x, y]);
+        }
     }
 
     #[test]
