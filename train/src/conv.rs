@@ -10,8 +10,8 @@
 //! transposed convolution and the weight gradient as a convolution with a
 //! feature-map-sized kernel; this op replaces both. When candle records the
 //! op for a backward pass, the forward keeps its column matrices for the
-//! weight gradient instead of the backward building them again (a tenth of
-//! the detector's step); otherwise they live in per-thread buffers that are
+//! weight gradient instead of the backward building them again (about 7 %
+//! of the detector's step); otherwise they live in per-thread buffers that are
 //! reused across layers and steps. Images of a batch are spread over rayon's
 //! threads (`RAYON_NUM_THREADS`).
 

@@ -514,19 +514,28 @@ mod tests {
             landmarks: [[0.0; 2]; 5],
         };
         let refined = refiner.landmarks(&frame, &face).unwrap();
-        // candle on the same crop, mapped back to the frame the same way.
+        // candle on the same crop and on its mirror image (the card asks for
+        // both readings), mapped back to the frame and averaged.
         let region = Region::around(face.bbox, 1.25);
         let crop = region.crop(&frame, 32).unwrap();
-        let x = Tensor::from_vec(crate::detector_train::chw(&crop), (1, 3, 32, 32), &Device::Cpu).unwrap();
-        let shares = net
-            .forward(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let read = |crop: &image::RgbImage| {
+            let x = Tensor::from_vec(crate::detector_train::chw(crop), (1, 3, 32, 32), &Device::Cpu).unwrap();
+            net.forward(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let (plain, mirrored) = (read(&crop), read(&image::imageops::flip_horizontal(&crop)));
+        // Under a flip the eyes and the mouth corners swap.
+        let swapped = [1, 0, 2, 4, 3];
         for (k, point) in refined.iter().enumerate() {
-            let expected = region.from_shares([shares[2 * k], shares[2 * k + 1]]);
+            let m = swapped[k];
+            let expected = region.from_shares([
+                (plain[2 * k] + 1.0 - mirrored[2 * m]) / 2.0,
+                (plain[2 * k + 1] + mirrored[2 * m + 1]) / 2.0,
+            ]);
             assert!(
                 (point[0] - expected[0]).abs() < 1e-3 && (point[1] - expected[1]).abs() < 1e-3,
                 "point {k}: {point:?} vs {expected:?}"
