@@ -276,6 +276,9 @@ struct TrainLandmarksArgs {
     /// Side of the square input crop, pixels (a multiple of 16).
     #[arg(long, default_value_t = RefinerTrainConfig::default().network.input)]
     input: usize,
+    /// Residual units of the three stages, e.g. 2,2,2 (default 1,1,1).
+    #[arg(long, value_delimiter = ',')]
+    units: Option<Vec<usize>>,
     /// Peak learning rate.
     #[arg(long, default_value_t = RefinerTrainConfig::default().lr)]
     lr: f64,
@@ -660,7 +663,6 @@ fn train_detector(args: TrainDetectorArgs) -> Result<()> {
 
 fn train_landmarks(args: TrainLandmarksArgs) -> Result<()> {
     let start = std::time::Instant::now();
-    let scenes = training_scenes(&args.data, &args.cache, threads(args.threads))?;
     if args.input == 0 || args.input % 16 != 0 {
         anyhow::bail!(
             "--input {} must be a positive multiple of 16 (four stride-2 stages)",
@@ -671,6 +673,11 @@ fn train_landmarks(args: TrainLandmarksArgs) -> Result<()> {
     let config = RefinerTrainConfig {
         network: RefinerSpec {
             input: args.input,
+            units: match args.units.as_deref() {
+                Some(&[a, b, c]) => [a, b, c],
+                Some(other) => anyhow::bail!("--units takes three counts, not {other:?}"),
+                None => defaults.network.units,
+            },
             ..defaults.network
         },
         steps: args.steps,
@@ -679,6 +686,7 @@ fn train_landmarks(args: TrainLandmarksArgs) -> Result<()> {
         seed: args.seed,
         ..defaults
     };
+    let scenes = training_scenes(&args.data, &args.cache, threads(args.threads))?;
     let mut trainer = RefinerTrainer::new(config, scenes, &args.out)?;
     eprintln!(
         "{} teacher faces to train on, loaded in {:.0} s",

@@ -229,6 +229,10 @@ fn bad_input_is_refused_with_what_to_fix() {
     let out = s(&dir.join("out"));
     refused(&on_aligned("clean", &list, &["--out", &out]), "line 1");
     refused(
+        &bin(&["train-landmarks", "--out", &out, "--units", "2,2"]),
+        "three counts",
+    );
+    refused(
         &bin(&["clean", &s(&dir.join("none")), "--aligned", "--out", &out]),
         "cannot read",
     );
