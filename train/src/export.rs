@@ -450,8 +450,7 @@ pub fn export_refiner_run(run: &Path, path: &Path, frames: &[image::RgbImage]) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backbone::{Backbone, ConvImpl};
-    use crate::testing::tiny_backbone;
+    use crate::testing::{exported_backbone, tiny_backbone};
     use crate::vars::SeededVars;
     use candle_core::{Device, Tensor};
     use normgate::embedder::Embedder;
@@ -494,16 +493,8 @@ mod tests {
         use normgate::landmarks::{Refiner, Region};
         let mut config = tiny_backbone([4, 6, 8], [1, 0, 1], 10);
         (config.height, config.width) = (32, 32);
-        let map = VarMap::new();
-        let net = Backbone::new(
-            config,
-            ConvImpl::Fast,
-            SeededVars::builder(&map, 5, &Device::Cpu).pp("refiner"),
-        )
-        .unwrap();
         let path = std::env::temp_dir().join(format!("normgate-export-ref-{}/refiner.onnx", std::process::id()));
-        let model = backbone_model(&config, &collect_weights(&map, "refiner").unwrap()).unwrap();
-        write(&model, &refiner_card(&config, 1.25), &path).unwrap();
+        let (net, _) = exported_backbone(config, 5, "refiner", &refiner_card(&config, 1.25), &path);
         let refiner = Refiner::load(&path, &ModelCard::path_for(&path)).unwrap();
         let frame = image::RgbImage::from_fn(120, 90, |x, y| {
             image::Rgb([(x * 2) as u8, (y * 2) as u8, (x + y) as u8])
@@ -548,16 +539,8 @@ mod tests {
     fn tract_runs_the_exported_graph_like_candle() {
         let mut config = tiny_backbone([4, 6, 8], [1, 0, 2], 5);
         (config.height, config.width) = (112, 96);
-        let map = VarMap::new();
-        let net = Backbone::new(
-            config,
-            ConvImpl::Fast,
-            SeededVars::builder(&map, 3, &Device::Cpu).pp("backbone"),
-        )
-        .unwrap();
         let path = std::env::temp_dir().join(format!("normgate-export-{}/tiny.onnx", std::process::id()));
-        let model = backbone_model(&config, &collect_weights(&map, "backbone").unwrap()).unwrap();
-        write(&model, &backbone_card(&config, None), &path).unwrap();
+        let (net, _) = exported_backbone(config, 3, "backbone", &backbone_card(&config, None), &path);
         let embedder = Embedder::load(&path, &ModelCard::path_for(&path), 2).unwrap();
         let crops: Vec<image::RgbImage> = (0..3u32)
             .map(|k| {

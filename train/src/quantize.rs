@@ -515,12 +515,8 @@ pub fn quantize_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backbone::{Backbone, ConvImpl};
-    use crate::export::{backbone_card, backbone_model, collect_weights, write};
-    use crate::testing::tiny_backbone;
-    use crate::vars::SeededVars;
-    use candle_core::Device;
-    use candle_nn::VarMap;
+    use crate::export::{backbone_card, write};
+    use crate::testing::{exported_backbone, tiny_backbone};
     use normgate::embedder::Embedder;
     use normgate_core::norm::{cosine, l2_norm};
 
@@ -539,18 +535,10 @@ mod tests {
     fn both_forms_run_in_tract_and_stay_close_to_the_float_model() {
         let mut config = tiny_backbone([8, 8, 16], [1, 1, 1], 16);
         (config.height, config.width) = (112, 96);
-        let map = VarMap::new();
-        Backbone::new(
-            config,
-            ConvImpl::Fast,
-            SeededVars::builder(&map, 5, &Device::Cpu).pp("backbone"),
-        )
-        .unwrap();
         let dir = std::env::temp_dir().join(format!("normgate-quantize-{}", std::process::id()));
         let float_path = dir.join("float.onnx");
-        let model = backbone_model(&config, &collect_weights(&map, "backbone").unwrap()).unwrap();
         let card = backbone_card(&config, None);
-        write(&model, &card, &float_path).unwrap();
+        let (_, model) = exported_backbone(config, 5, "backbone", &card, &float_path);
         let calibration = crops(24);
         let test = crops(6);
         let float = Embedder::load(&float_path, &ModelCard::path_for(&float_path), 6).unwrap();

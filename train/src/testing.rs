@@ -53,19 +53,34 @@ pub fn synthetic_face(bbox: [f32; 4]) -> normgate::detector::Face {
     }
 }
 
+/// A random network of `config` (seeded, its variables under `prefix`),
+/// exported to `path` with `card`: the candle network and the ONNX model,
+/// for tests that compare the two or transform the model further.
+pub fn exported_backbone(
+    config: BackboneConfig,
+    seed: u64,
+    prefix: &str,
+    card: &normgate::card::ModelCard,
+    path: &std::path::Path,
+) -> (crate::backbone::Backbone, tract_onnx::pb::ModelProto) {
+    use crate::backbone::{Backbone, ConvImpl};
+    use crate::export::{backbone_model, collect_weights, write};
+    let map = candle_nn::VarMap::new();
+    let vb = crate::vars::SeededVars::builder(&map, seed, &candle_core::Device::Cpu);
+    let net = Backbone::new(config, ConvImpl::Fast, vb.pp(prefix)).unwrap();
+    let model = backbone_model(&config, &collect_weights(&map, prefix).unwrap()).unwrap();
+    write(&model, card, path).unwrap();
+    (net, model)
+}
+
 /// A tiny random SphereFace-shaped embedder (112x96 input, 4-d feature)
 /// exported to `dir/tiny.onnx` with its card, for tests of the curation
 /// commands on aligned crops.
 pub fn tiny_embedder(dir: &std::path::Path) -> std::path::PathBuf {
-    use crate::backbone::{Backbone, ConvImpl};
-    use crate::export::{backbone_card, backbone_model, collect_weights, write};
     let mut config = tiny_backbone([4, 4, 4], [0, 0, 0], 4);
     (config.height, config.width) = (112, 96);
-    let map = candle_nn::VarMap::new();
-    let vb = crate::vars::SeededVars::builder(&map, 1, &candle_core::Device::Cpu);
-    Backbone::new(config, ConvImpl::Fast, vb.pp("backbone")).unwrap();
     let model = dir.join("tiny.onnx");
-    let proto = backbone_model(&config, &collect_weights(&map, "backbone").unwrap()).unwrap();
-    write(&proto, &backbone_card(&config, None), &model).unwrap();
+    let card = crate::export::backbone_card(&config, None);
+    exported_backbone(config, 1, "backbone", &card, &model);
     model
 }
