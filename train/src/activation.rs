@@ -123,21 +123,31 @@ fn plane_backward(dx: &mut [f32], x: &[f32], grad: &[f32], bias: f32, slope: f32
             g.try_into().expect("lanes"),
         );
         for l in 0..LANES {
-            let z = x[l] + bias;
-            let positive = z > 0.0;
-            d[l] = if positive { g[l] } else { slope * g[l] };
-            da[l] += if positive { 0.0 } else { g[l] * z };
-            db[l] += d[l];
+            let (dx, dslope) = value_backward(x[l] + bias, g[l], slope);
+            d[l] = dx;
+            da[l] += dslope;
+            db[l] += dx;
         }
     }
     let (mut db, mut da) = (db.iter().sum::<f32>(), da.iter().sum::<f32>());
     for ((d, &x), &g) in tail.iter_mut().zip(&x[blocks..]).zip(&grad[blocks..]) {
-        let z = x + bias;
-        *d = if z > 0.0 { g } else { slope * g };
-        da += if z > 0.0 { 0.0 } else { g * z };
-        db += *d;
+        let (dx, dslope) = value_backward(x + bias, g, slope);
+        *d = dx;
+        da += dslope;
+        db += dx;
     }
     (db, da)
+}
+
+/// For one value `z = x + bias` with output gradient `g`: the input
+/// gradient (also the bias gradient) and the slope gradient.
+#[inline(always)]
+fn value_backward(z: f32, g: f32, slope: f32) -> (f32, f32) {
+    if z > 0.0 {
+        (g, 0.0)
+    } else {
+        (slope * g, g * z)
+    }
 }
 
 #[cfg(test)]

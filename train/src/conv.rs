@@ -119,11 +119,16 @@ fn for_each_image(
         Some((columns, len)) => columns.chunks_mut(len.max(1)).map(Some).collect(),
         None => (0..images).map(|_| None).collect(),
     };
-    let chunks = out.chunks_mut(out_chunk.max(1)).zip(kept).enumerate();
     if images >= 2 && threads > 1 {
-        chunks.par_bridge().for_each(|(b, (o, c))| per_image(b, o, c, 1));
+        out.par_chunks_mut(out_chunk.max(1))
+            .zip(kept)
+            .enumerate()
+            .for_each(|(b, (o, c))| per_image(b, o, c, 1));
     } else {
-        chunks.for_each(|(b, (o, c))| per_image(b, o, c, threads));
+        out.chunks_mut(out_chunk.max(1))
+            .zip(kept)
+            .enumerate()
+            .for_each(|(b, (o, c))| per_image(b, o, c, threads));
     }
 }
 
