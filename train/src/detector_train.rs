@@ -29,7 +29,7 @@ use crate::datasets::read_rgb;
 use crate::detection_loss::{detection_loss, image_targets};
 use crate::detector_data::{photometric, sample, Augment};
 use crate::facenet::{DetectorConfig, FaceNet};
-use crate::optim::{learning_rate, load_weights, read_config, Progress, Sgd, Training};
+use crate::optim::{load_weights, read_config, Progress, Schedule, Sgd, Training};
 use crate::prepare::Cache;
 use crate::pseudo::{is_validation, LabelledImage};
 use crate::vars::SeededVars;
@@ -42,27 +42,18 @@ pub const VARIANCE: [f32; 2] = [0.1, 0.2];
 /// Everything that defines a detector run; saved beside its checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DetectorTrainConfig {
-    /// Optimisation steps.
-    pub steps: u64,
+    /// Steps, learning rate and checkpoint interval.
+    #[serde(flatten)]
+    pub schedule: Schedule,
     /// Images per step.
     pub batch: usize,
     /// Side of the square training canvas (the network is fully
     /// convolutional, so it runs at its export size afterwards).
     pub canvas: u32,
-    /// Peak learning rate.
-    pub lr: f64,
-    /// SGD momentum.
-    pub momentum: f64,
-    /// L2 weight decay.
-    pub weight_decay: f64,
-    /// Warm-up steps before the cosine decay.
-    pub warmup: u64,
     /// Share of each batch that is composites.
     pub composite_share: f64,
     /// Seed of the initial weights and of the batches.
     pub seed: u64,
-    /// Steps between checkpoints.
-    pub checkpoint_every: u64,
     /// The architecture.
     pub network: DetectorConfig,
     /// Anchor sizes per level, pixels.
@@ -72,17 +63,13 @@ pub struct DetectorTrainConfig {
 impl Default for DetectorTrainConfig {
     fn default() -> Self {
         Self {
-            steps: 6000,
+            // A peak learning rate of 0.02 diverged within the warm-up (no
+            // batch norm to tame it).
+            schedule: Schedule::new(6000, 0.005, 300),
             batch: 16,
             canvas: 256,
-            // 0.02 diverged within the warm-up (no batch norm to tame it).
-            lr: 0.005,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-            warmup: 300,
             composite_share: 0.35,
             seed: 1,
-            checkpoint_every: 200,
             network: DetectorConfig::SHIPPED,
             // The teacher's sizes at its 640 px input, halved like the frames.
             anchor_sizes: vec![vec![8.0, 16.0], vec![32.0, 64.0], vec![128.0, 256.0]],
@@ -287,12 +274,7 @@ impl Training for DetectorTrainer {
     type Log = DetectorStepLog;
 
     fn progress(&self) -> Progress {
-        Progress {
-            position: self.step,
-            steps: self.config.steps,
-            checkpoint_every: self.config.checkpoint_every,
-            images_per_step: self.config.batch,
-        }
+        self.config.schedule.progress(self.step, self.config.batch)
     }
 
     fn train_step(&mut self) -> Result<DetectorStepLog> {
@@ -304,9 +286,7 @@ impl Training for DetectorTrainer {
         let outputs = self.net.forward(&x)?;
         let loss = detection_loss(&outputs, &targets)?;
         let grads = loss.total.backward()?;
-        let lr = learning_rate(self.config.lr, self.config.warmup, self.config.steps, self.step);
-        self.sgd
-            .step(&grads, lr, self.config.momentum, self.config.weight_decay)?;
+        let lr = self.sgd.step(&grads, &self.config.schedule, self.step)?;
         let log = DetectorStepLog {
             step: self.step,
             loss: loss.total.to_scalar::<f32>()?,
@@ -401,12 +381,13 @@ mod tests {
 
     fn tiny_config() -> DetectorTrainConfig {
         DetectorTrainConfig {
-            steps: 4,
+            schedule: Schedule {
+                checkpoint_every: 1000,
+                ..Schedule::new(4, 0.005, 1)
+            },
             batch: 2,
             canvas: 64,
-            warmup: 1,
             composite_share: 0.5,
-            checkpoint_every: 1000,
             network: tiny_detector(),
             anchor_sizes: vec![vec![8.0, 16.0], vec![32.0, 48.0], vec![64.0, 96.0]],
             ..DetectorTrainConfig::default()
@@ -434,9 +415,13 @@ mod tests {
         assert_eq!(resumed.progress().position, 2);
         crate::optim::drive(&mut resumed, &root.join("b")).unwrap();
         assert_eq!(weights(&straight), weights(&resumed));
+        let config = tiny_config();
         let other = DetectorTrainConfig {
-            lr: 0.1,
-            ..tiny_config()
+            schedule: Schedule {
+                lr: 0.1,
+                ..config.schedule
+            },
+            ..config
         };
         let err = DetectorTrainer::new(other, tiny_set(), &root.join("b")).err().unwrap();
         assert!(err.to_string().contains("another configuration"), "{err}");

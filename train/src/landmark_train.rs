@@ -25,28 +25,19 @@ use serde::{Deserialize, Serialize};
 use crate::backbone::{Backbone, BackboneConfig, ConvImpl};
 use crate::detector_data::{mirror_landmarks, photometric};
 use crate::detector_train::chw;
-use crate::optim::{learning_rate, read_config, Progress, Sgd, Training};
+use crate::optim::{read_config, Progress, Schedule, Sgd, Training};
 use crate::vars::SeededVars;
 
 /// Everything that defines a refiner run; saved beside its checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RefinerTrainConfig {
-    /// Optimisation steps.
-    pub steps: u64,
+    /// Steps, learning rate and checkpoint interval.
+    #[serde(flatten)]
+    pub schedule: Schedule,
     /// Crops per step.
     pub batch: usize,
-    /// Peak learning rate.
-    pub lr: f64,
-    /// SGD momentum.
-    pub momentum: f64,
-    /// L2 weight decay.
-    pub weight_decay: f64,
-    /// Warm-up steps before the cosine decay.
-    pub warmup: u64,
     /// Seed of the initial weights and of the batches.
     pub seed: u64,
-    /// Steps between checkpoints.
-    pub checkpoint_every: u64,
     /// Crop side as a multiple of the box's longer side (the card's `expand`).
     pub expand: f32,
     /// Largest move of the box centre, as a share of its longer side (each axis).
@@ -91,15 +82,11 @@ impl RefinerSpec {
 impl Default for RefinerTrainConfig {
     fn default() -> Self {
         Self {
-            steps: 12000,
+            // A peak learning rate of 0.002 diverged within the warm-up (the
+            // loss is in pixels).
+            schedule: Schedule::new(12000, 0.001, 300),
             batch: 64,
-            // 0.002 diverged within the warm-up (the loss is in pixels).
-            lr: 0.001,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-            warmup: 300,
             seed: 1,
-            checkpoint_every: 200,
             expand: 1.25,
             box_shift: 0.1,
             box_scale: 0.1,
@@ -237,12 +224,7 @@ impl Training for RefinerTrainer {
     type Log = RefinerStepLog;
 
     fn progress(&self) -> Progress {
-        Progress {
-            position: self.step,
-            steps: self.config.steps,
-            checkpoint_every: self.config.checkpoint_every,
-            images_per_step: self.config.batch,
-        }
+        self.config.schedule.progress(self.step, self.config.batch)
     }
 
     fn train_step(&mut self) -> Result<RefinerStepLog> {
@@ -255,9 +237,7 @@ impl Training for RefinerTrainer {
         let linear = (abs.clamp(1.0, f64::MAX)? - 1.0)?;
         let loss = (quadratic + linear)?.mean_all()?;
         let grads = loss.backward()?;
-        let lr = learning_rate(self.config.lr, self.config.warmup, self.config.steps, self.step);
-        self.sgd
-            .step(&grads, lr, self.config.momentum, self.config.weight_decay)?;
+        let lr = self.sgd.step(&grads, &self.config.schedule, self.step)?;
         let point_error = diff
             .reshape((self.config.batch, 5, 2))?
             .sqr()?
@@ -348,10 +328,11 @@ mod tests {
         let image = RgbImage::from_fn(160, 140, |x, y| image::Rgb([(x + y) as u8, x as u8, y as u8]));
         let scenes = vec![(image, vec![face()])];
         let config = RefinerTrainConfig {
-            steps: 4,
+            schedule: Schedule {
+                checkpoint_every: 1000,
+                ..Schedule::new(4, 0.001, 1)
+            },
             batch: 4,
-            warmup: 1,
-            checkpoint_every: 1000,
             network: RefinerSpec {
                 input: 16,
                 stem: 2,

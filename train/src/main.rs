@@ -14,7 +14,7 @@ use normgate_train::detector_train::{
 };
 use normgate_train::eval;
 use normgate_train::landmark_train::{RefinerSpec, RefinerTrainConfig, RefinerTrainer};
-use normgate_train::optim::Training;
+use normgate_train::optim::{Schedule, Training};
 use normgate_train::prepare;
 use normgate_train::train::{TrainConfig, Trainer};
 
@@ -198,10 +198,10 @@ struct TrainArgs {
     #[arg(long)]
     out: PathBuf,
     /// Optimisation steps.
-    #[arg(long, default_value_t = TrainConfig::default().steps)]
+    #[arg(long, default_value_t = TrainConfig::default().schedule.steps)]
     steps: u64,
     /// Peak learning rate.
-    #[arg(long, default_value_t = TrainConfig::default().lr)]
+    #[arg(long, default_value_t = TrainConfig::default().schedule.lr)]
     lr: f64,
     /// Weight of the A-Softmax heads (0: distillation only).
     #[arg(long, default_value_t = TrainConfig::default().head_weight)]
@@ -236,13 +236,13 @@ struct TrainDetectorArgs {
     #[arg(long)]
     out: PathBuf,
     /// Optimisation steps.
-    #[arg(long, default_value_t = DetectorTrainConfig::default().steps)]
+    #[arg(long, default_value_t = DetectorTrainConfig::default().schedule.steps)]
     steps: u64,
     /// Images per step.
     #[arg(long, default_value_t = DetectorTrainConfig::default().batch)]
     batch: usize,
     /// Peak learning rate.
-    #[arg(long, default_value_t = DetectorTrainConfig::default().lr)]
+    #[arg(long, default_value_t = DetectorTrainConfig::default().schedule.lr)]
     lr: f64,
     /// Seed of weights and batches.
     #[arg(long, default_value_t = 1)]
@@ -268,7 +268,7 @@ struct TrainLandmarksArgs {
     #[arg(long)]
     out: PathBuf,
     /// Optimisation steps.
-    #[arg(long, default_value_t = RefinerTrainConfig::default().steps)]
+    #[arg(long, default_value_t = RefinerTrainConfig::default().schedule.steps)]
     steps: u64,
     /// Crops per step.
     #[arg(long, default_value_t = RefinerTrainConfig::default().batch)]
@@ -280,7 +280,7 @@ struct TrainLandmarksArgs {
     #[arg(long, value_delimiter = ',')]
     units: Option<Vec<usize>>,
     /// Peak learning rate.
-    #[arg(long, default_value_t = RefinerTrainConfig::default().lr)]
+    #[arg(long, default_value_t = RefinerTrainConfig::default().schedule.lr)]
     lr: f64,
     /// Seed of weights and batches.
     #[arg(long, default_value_t = 1)]
@@ -607,14 +607,18 @@ fn prepare_data(args: PrepareArgs) -> Result<()> {
 }
 
 fn train(args: TrainArgs) -> Result<()> {
+    let defaults = TrainConfig::default();
     let config = TrainConfig {
-        steps: args.steps,
-        lr: args.lr,
+        schedule: Schedule {
+            steps: args.steps,
+            lr: args.lr,
+            ..defaults.schedule
+        },
         head_weight: args.head_weight,
         norm_select: args.norm_select,
         hem_keep: args.hem_keep,
         seed: args.seed,
-        ..TrainConfig::default()
+        ..defaults
     };
     let start = std::time::Instant::now();
     drive_to_end(
@@ -647,12 +651,16 @@ fn train_detector(args: TrainDetectorArgs) -> Result<()> {
         set.backgrounds.len(),
         start.elapsed().as_secs_f64()
     );
+    let defaults = DetectorTrainConfig::default();
     let config = DetectorTrainConfig {
-        steps: args.steps,
+        schedule: Schedule {
+            steps: args.steps,
+            lr: args.lr,
+            ..defaults.schedule
+        },
         batch: args.batch,
-        lr: args.lr,
         seed: args.seed,
-        ..DetectorTrainConfig::default()
+        ..defaults
     };
     drive_to_end(
         &mut DetectorTrainer::with_conv(config, set, &args.out, args.conv)?,
@@ -680,9 +688,12 @@ fn train_landmarks(args: TrainLandmarksArgs) -> Result<()> {
             },
             ..defaults.network
         },
-        steps: args.steps,
+        schedule: Schedule {
+            steps: args.steps,
+            lr: args.lr,
+            ..defaults.schedule
+        },
         batch: args.batch,
-        lr: args.lr,
         seed: args.seed,
         ..defaults
     };

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// SGD with momentum and classic L2 weight decay, with its velocity kept for checkpoints.
 pub struct Sgd {
@@ -35,18 +35,19 @@ impl Sgd {
         Ok(Self { vars, velocity })
     }
 
-    /// One update from `grads`.
-    pub fn step(&mut self, grads: &candle_core::backprop::GradStore, lr: f64, momentum: f64, decay: f64) -> Result<()> {
+    /// One update from `grads` at `step` of `schedule`; returns the learning rate it used.
+    pub fn step(&mut self, grads: &candle_core::backprop::GradStore, schedule: &Schedule, step: u64) -> Result<f64> {
+        let lr = schedule.learning_rate(step);
         for ((_, var), vel) in self.vars.iter().zip(self.velocity.iter_mut()) {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
-            let g = (g + (var.as_tensor() * decay)?)?;
+            let g = (g + (var.as_tensor() * schedule.weight_decay)?)?;
             // Detached: computed from the variables, the velocity would
             // otherwise carry this step's graph into the next and keep every
             // earlier step alive (memory grows by the model's size per step).
-            *vel = ((&*vel * momentum)? + g)?.detach();
+            *vel = ((&*vel * schedule.momentum)? + g)?.detach();
             var.set(&(var.as_tensor() - (&*vel * lr)?)?)?;
         }
-        Ok(())
+        Ok(lr)
     }
 
     /// Writes weights, velocities, `step` and `config` to `dir` atomically.
@@ -110,6 +111,59 @@ pub fn load_weights(map: &VarMap, dir: &Path) -> Result<()> {
         var.set(saved.get(name).with_context(|| format!("checkpoint lacks {name}"))?)?;
     }
     Ok(())
+}
+
+/// The optimisation schedule, the same fields in every recipe. Each
+/// recipe's config flattens it, so config.json keeps the layout runs were
+/// saved with and they still resume.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    /// Optimisation steps.
+    pub steps: u64,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// L2 weight decay.
+    pub weight_decay: f64,
+    /// Warm-up steps (linear) before the cosine decay.
+    pub warmup: u64,
+    /// Steps between checkpoints.
+    pub checkpoint_every: u64,
+}
+
+impl Schedule {
+    /// A recipe's length, peak learning rate and warm-up, with the momentum
+    /// (0.9), weight decay (5e-4) and checkpoint interval (200) all share.
+    pub const fn new(steps: u64, lr: f64, warmup: u64) -> Self {
+        Self {
+            steps,
+            lr,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            warmup,
+            checkpoint_every: 200,
+        }
+    }
+
+    /// Learning rate at a step: linear warm-up to the peak, then cosine decay to zero at the end.
+    pub fn learning_rate(&self, step: u64) -> f64 {
+        if step < self.warmup {
+            return self.lr * (step + 1) as f64 / self.warmup as f64;
+        }
+        let t = (step - self.warmup) as f64 / (self.steps - self.warmup).max(1) as f64;
+        self.lr * 0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
+    }
+
+    /// Where a run at `position` stands.
+    pub fn progress(&self, position: u64, images_per_step: usize) -> Progress {
+        Progress {
+            position,
+            steps: self.steps,
+            checkpoint_every: self.checkpoint_every,
+            images_per_step,
+        }
+    }
 }
 
 /// Where a run stands and how it is paced.
@@ -180,22 +234,13 @@ pub fn drive<T: Training>(run: &mut T, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Learning rate at a step: linear warm-up to `peak`, then cosine decay to zero at `steps`.
-pub fn learning_rate(peak: f64, warmup: u64, steps: u64, step: u64) -> f64 {
-    if step < warmup {
-        return peak * (step + 1) as f64 / warmup as f64;
-    }
-    let t = (step - warmup) as f64 / (steps - warmup).max(1) as f64;
-    peak * 0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn learning_rate_warms_up_then_decays_to_zero() {
-        let lr = |step| learning_rate(0.1, 100, 1000, step);
+        let lr = |step| Schedule::new(1000, 0.1, 100).learning_rate(step);
         assert!((lr(0) - 0.001).abs() < 1e-12);
         assert!((lr(99) - 0.1).abs() < 1e-12);
         assert!((lr(100) - 0.1).abs() < 1e-12);

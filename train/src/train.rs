@@ -28,25 +28,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::backbone::{Backbone, BackboneConfig, ConvImpl};
 use crate::heads::{a_softmax_loss, a_softmax_losses, hardest_rows, norm_select_mask, seed_norm_select};
-use crate::optim::{read_config, Progress, Sgd, Training};
+use crate::optim::{read_config, Progress, Schedule, Sgd, Training};
 use crate::prepare::{Cache, CROP};
 use crate::vars::SeededVars;
 
 /// Everything that defines a run; saved beside its checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
-    /// Optimisation steps.
-    pub steps: u64,
+    /// Steps, learning rate and checkpoint interval.
+    #[serde(flatten)]
+    pub schedule: Schedule,
     /// Crops per step from (glint24, celeba, lfw_train, degraded).
     pub per_source: [usize; 4],
-    /// Peak learning rate.
-    pub lr: f64,
-    /// SGD momentum.
-    pub momentum: f64,
-    /// L2 weight decay.
-    pub weight_decay: f64,
-    /// Warm-up steps (linear) before the cosine decay.
-    pub warmup: u64,
     /// Weight of the norm term in the distillation loss.
     pub beta: f64,
     /// Weight of the two A-Softmax heads' mean loss (0 trains by distillation alone).
@@ -65,8 +58,6 @@ pub struct TrainConfig {
     pub hem_keep: f32,
     /// Seed of the initial weights, the batches and the flips.
     pub seed: u64,
-    /// Steps between checkpoints.
-    pub checkpoint_every: u64,
     /// The architecture.
     pub backbone: BackboneSpec,
 }
@@ -102,12 +93,8 @@ impl Default for TrainConfig {
     fn default() -> Self {
         let s = BackboneConfig::SHIPPED;
         Self {
-            steps: 6000,
+            schedule: Schedule::new(6000, 0.05, 200),
             per_source: [16, 16, 16, 16],
-            lr: 0.05,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-            warmup: 200,
             beta: 1.0,
             head_weight: 0.5,
             margin: 4,
@@ -117,7 +104,6 @@ impl Default for TrainConfig {
             norm_select: false,
             hem_keep: 1.0,
             seed: 1,
-            checkpoint_every: 200,
             backbone: BackboneSpec {
                 stem: s.stem,
                 widths: s.widths,
@@ -157,11 +143,6 @@ fn lambda(config: &TrainConfig, step: u64) -> f32 {
         lambda_min: config.lambda_min,
     }
     .at(step)
-}
-
-/// Learning rate at a step.
-fn learning_rate(config: &TrainConfig, step: u64) -> f64 {
-    crate::optim::learning_rate(config.lr, config.warmup, config.steps, step)
 }
 
 /// One step's losses and statistics, as logged.
@@ -309,12 +290,9 @@ impl Training for Trainer {
     type Log = StepLog;
 
     fn progress(&self) -> Progress {
-        Progress {
-            position: self.step,
-            steps: self.config.steps,
-            checkpoint_every: self.config.checkpoint_every,
-            images_per_step: self.config.per_source.iter().sum(),
-        }
+        self.config
+            .schedule
+            .progress(self.step, self.config.per_source.iter().sum())
     }
 
     fn train_step(&mut self) -> Result<StepLog> {
@@ -347,9 +325,7 @@ impl Training for Trainer {
             }
         }
         let grads = loss.backward()?;
-        let lr = learning_rate(&self.config, self.step);
-        self.sgd
-            .step(&grads, lr, self.config.momentum, self.config.weight_decay)?;
+        let lr = self.sgd.step(&grads, &self.config.schedule, self.step)?;
         let log = StepLog {
             step: self.step,
             loss: loss.to_scalar::<f32>()?,
@@ -397,11 +373,11 @@ mod tests {
             crate::prepare::synthetic_cache(cache, name, 12, 3, 8, s as u64);
         }
         TrainConfig {
-            steps: 6,
+            schedule: Schedule {
+                checkpoint_every: 1000,
+                ..Schedule::new(6, 0.01, 2)
+            },
             per_source: [2, 2, 1, 1],
-            warmup: 2,
-            lr: 0.01,
-            checkpoint_every: 1000,
             hem_keep: 0.5,
             norm_select: true,
             backbone: BackboneSpec {
@@ -455,11 +431,35 @@ mod tests {
         let mut t = Trainer::new(other.clone(), &cache, &root.join("d")).unwrap();
         crate::optim::drive(&mut t, &root.join("d")).unwrap();
         assert_ne!(a, weights(&t), "another seed, other weights");
-        let err = Trainer::new(TrainConfig { lr: 0.5, ..config }, &cache, &root.join("c"))
-            .err()
-            .unwrap();
+        let err = Trainer::new(
+            TrainConfig {
+                schedule: Schedule {
+                    lr: 0.5,
+                    ..config.schedule
+                },
+                ..config
+            },
+            &cache,
+            &root.join("c"),
+        )
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("another configuration"), "{err}");
         std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_config_saved_in_the_flat_layout_reads_back_and_is_written_the_same_way() {
+        // config.json as runs saved it before the schedule had its own struct.
+        let saved = r#"{"steps": 6000, "per_source": [16, 16, 16, 16], "lr": 0.05, "momentum": 0.9,
+            "weight_decay": 0.0005, "warmup": 200, "beta": 1.0, "head_weight": 0.5, "margin": 4,
+            "lambda_base": 1000.0, "lambda_gamma": 0.12, "lambda_min": 5.0, "norm_select": false,
+            "hem_keep": 1.0, "seed": 1, "checkpoint_every": 200,
+            "backbone": {"stem": 32, "widths": [64, 128, 256], "units": [1, 1, 1], "feature_dim": 128}}"#;
+        let read: TrainConfig = serde_json::from_str(saved).unwrap();
+        assert_eq!(read, TrainConfig::default());
+        let written: serde_json::Value = serde_json::from_str(&serde_json::to_string(&read).unwrap()).unwrap();
+        assert_eq!(written, serde_json::from_str::<serde_json::Value>(saved).unwrap());
     }
 
     #[test]
