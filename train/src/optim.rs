@@ -151,7 +151,7 @@ impl Schedule {
         if step < self.warmup {
             return self.lr * (step + 1) as f64 / self.warmup as f64;
         }
-        let t = (step - self.warmup) as f64 / (self.steps - self.warmup).max(1) as f64;
+        let t = (step - self.warmup) as f64 / self.steps.saturating_sub(self.warmup).max(1) as f64;
         self.lr * 0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
     }
 

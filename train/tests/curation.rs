@@ -53,7 +53,8 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 /// `classes` folders of 8 aligned-size (112x112) images each: one stripe
-/// pattern per class, a little seeded noise per image.
+/// pattern per class (its own direction, period and colours, so that the
+/// embedder tells the classes apart), a little seeded noise per image.
 fn synthetic_set(dir: &Path, classes: usize) -> PathBuf {
     let root = dir.join("set");
     let mut state = 12345u32;
@@ -67,9 +68,18 @@ fn synthetic_set(dir: &Path, classes: usize) -> PathBuf {
         for i in 0..8 {
             let image = image::RgbImage::from_fn(112, 112, |x, y| {
                 let period = 6 + 5 * c as u32;
-                let on = ((x + 2 * c as u32 * y) / period) % 2 == 0;
-                let base = if on { 200 } else { 40 + 30 * c as u8 };
-                image::Rgb([base + noise(), base / 2 + noise(), 255 - base + noise()])
+                let along = match c % 3 {
+                    0 => x,
+                    1 => y,
+                    _ => x + y,
+                };
+                let palette = [[220u8, 60, 40], [40, 200, 70], [60, 80, 230], [200, 200, 40]][c % 4];
+                let base = if (along / period) % 2 == 0 {
+                    palette
+                } else {
+                    palette.map(|v| 255 - v)
+                };
+                image::Rgb(base.map(|v| v.saturating_add(noise())))
             });
             image.save(folder.join(format!("{i}.png"))).unwrap();
         }
