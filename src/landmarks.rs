@@ -75,8 +75,9 @@ impl Region {
     }
 }
 
-/// Landmark order under a horizontal flip: the eyes and the mouth corners swap.
-const MIRRORED: [usize; 5] = [1, 0, 2, 4, 3];
+/// Landmark order under a horizontal flip: the eyes and the mouth corners
+/// swap (point `k` of a mirrored face is point `MIRRORED[k]` of the face).
+pub const MIRRORED: [usize; 5] = [1, 0, 2, 4, 3];
 
 /// A loaded landmark refiner.
 pub struct Refiner {

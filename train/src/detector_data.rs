@@ -8,6 +8,7 @@
 use image::imageops::{flip_horizontal, replace, resize, FilterType};
 use image::{Rgb, RgbImage};
 use normgate::detector::Face;
+use normgate::landmarks::MIRRORED;
 use normgate_core::align::Landmarks;
 use rand::Rng;
 
@@ -48,8 +49,10 @@ pub fn mirror(face: &Face, width: f32) -> Face {
 /// Mirrors five landmarks in an image of width `width`: left eye <-> right
 /// eye, nose stays, left mouth corner <-> right mouth corner.
 pub fn mirror_landmarks(l: &Landmarks, width: f32) -> Landmarks {
-    let m = |[x, y]: [f32; 2]| [width - x, y];
-    [m(l[1]), m(l[0]), m(l[2]), m(l[4]), m(l[3])]
+    std::array::from_fn(|k| {
+        let [x, y] = l[MIRRORED[k]];
+        [width - x, y]
+    })
 }
 
 /// One augmented sample of `image` with `faces` on a `side x side` canvas.

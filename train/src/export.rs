@@ -519,10 +519,8 @@ mod tests {
                 .unwrap()
         };
         let (plain, mirrored) = (read(&crop), read(&image::imageops::flip_horizontal(&crop)));
-        // Under a flip the eyes and the mouth corners swap.
-        let swapped = [1, 0, 2, 4, 3];
         for (k, point) in refined.iter().enumerate() {
-            let m = swapped[k];
+            let m = normgate::landmarks::MIRRORED[k];
             let expected = region.from_shares([
                 (plain[2 * k] + 1.0 - mirrored[2 * m]) / 2.0,
                 (plain[2 * k + 1] + mirrored[2 * m + 1]) / 2.0,
