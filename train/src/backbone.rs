@@ -125,17 +125,15 @@ impl ConvUnit {
     }
 }
 
-/// The backbone: input `[B, 3, height, width]`, output `[B, feature_dim]`.
-pub struct Backbone {
-    config: BackboneConfig,
+/// The convolutional part: the stem and the three stages, without fc5.
+pub struct Trunk {
     /// Stem and each stage's stride-2 convolution, followed by that stage's residual units.
     stages: Vec<(ConvUnit, Vec<(ConvUnit, ConvUnit)>)>,
-    fc5: Linear,
     conv: ConvImpl,
 }
 
-impl Backbone {
-    /// Builds (or loads, through `vb`) the network.
+impl Trunk {
+    /// Builds (or loads, through `vb`) the stem and stages.
     pub fn new(config: BackboneConfig, conv: ConvImpl, vb: VarBuilder) -> Result<Self> {
         let mut stages = vec![(ConvUnit::new(3, config.stem, 2, vb.pp("stem"))?, Vec::new())];
         let mut c = config.stem;
@@ -154,13 +152,37 @@ impl Backbone {
             stages.push((down, residual));
             c = width;
         }
+        Ok(Self { stages, conv })
+    }
+
+    /// The output of the stem and of each stage (strides 2, 4, 8, 16).
+    pub fn stage_outputs(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let mut x = x.clone();
+        let mut outputs = Vec::with_capacity(self.stages.len());
+        for (down, units) in &self.stages {
+            x = down.forward(&x, self.conv)?;
+            for (a, b) in units {
+                x = (&x + b.forward(&a.forward(&x, self.conv)?, self.conv)?)?;
+            }
+            outputs.push(x.clone());
+        }
+        Ok(outputs)
+    }
+}
+
+/// The backbone: input `[B, 3, height, width]`, output `[B, feature_dim]`.
+pub struct Backbone {
+    config: BackboneConfig,
+    trunk: Trunk,
+    fc5: Linear,
+}
+
+impl Backbone {
+    /// Builds (or loads, through `vb`) the network.
+    pub fn new(config: BackboneConfig, conv: ConvImpl, vb: VarBuilder) -> Result<Self> {
+        let trunk = Trunk::new(config, conv, vb.clone())?;
         let fc5 = candle_nn::linear(config.flattened(), config.feature_dim, vb.pp("fc5"))?;
-        Ok(Self {
-            config,
-            stages,
-            fc5,
-            conv,
-        })
+        Ok(Self { config, trunk, fc5 })
     }
 
     /// The architecture.
@@ -170,14 +192,8 @@ impl Backbone {
 
     /// Un-normalised features of a batch of crops.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = x.clone();
-        for (down, units) in &self.stages {
-            x = down.forward(&x, self.conv)?;
-            for (a, b) in units {
-                x = (&x + b.forward(&a.forward(&x, self.conv)?, self.conv)?)?;
-            }
-        }
-        self.fc5.forward(&x.flatten_from(1)?)
+        let last = self.trunk.stage_outputs(x)?.pop().expect("at least the stem");
+        self.fc5.forward(&last.flatten_from(1)?)
     }
 }
 

@@ -59,6 +59,7 @@ pub mod prepare;
 pub mod pseudo;
 pub mod quality;
 pub mod quantize;
+pub mod refiner_net;
 #[cfg(test)]
 mod testing;
 pub mod train;

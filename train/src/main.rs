@@ -16,7 +16,8 @@ use normgate_train::eval;
 use normgate_train::landmark_train::{RefinerSpec, RefinerTrainConfig, RefinerTrainer};
 use normgate_train::optim::{Schedule, Training};
 use normgate_train::prepare;
-use normgate_train::train::{TrainConfig, Trainer};
+use normgate_train::refiner_net::RefinerHead;
+use normgate_train::train::{BackboneSpec, TrainConfig, Trainer};
 
 /// Host tools of normgate: training, export, quantization, curation, evaluation.
 #[derive(Parser, Debug)]
@@ -215,6 +216,9 @@ struct TrainArgs {
     /// Seed of weights, batches and flips.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Residual units of the three stages, e.g. 1,2,2 (default 1,1,1).
+    #[arg(long, value_delimiter = ',')]
+    units: Option<Vec<usize>>,
     /// Convolution ops: this crate's (fast) or candle's own (builtin, only to
     /// measure what the fast ones save).
     #[arg(long, value_enum, default_value = "fast")]
@@ -279,6 +283,9 @@ struct TrainLandmarksArgs {
     /// Residual units of the three stages, e.g. 2,2,2 (default 1,1,1).
     #[arg(long, value_delimiter = ',')]
     units: Option<Vec<usize>>,
+    /// How features become points: a dense layer or soft-argmax heatmaps.
+    #[arg(long, value_enum, default_value = "regression")]
+    head: RefinerHead,
     /// Peak learning rate.
     #[arg(long, default_value_t = RefinerTrainConfig::default().schedule.lr)]
     lr: f64,
@@ -618,6 +625,10 @@ fn train(args: TrainArgs) -> Result<()> {
         norm_select: args.norm_select,
         hem_keep: args.hem_keep,
         seed: args.seed,
+        backbone: BackboneSpec {
+            units: stage_units(args.units.as_deref(), defaults.backbone.units)?,
+            ..defaults.backbone
+        },
         ..defaults
     };
     let start = std::time::Instant::now();
@@ -626,6 +637,15 @@ fn train(args: TrainArgs) -> Result<()> {
         &args.out,
         start,
     )
+}
+
+/// The `--units` option: three residual-unit counts, or the recipe's.
+fn stage_units(given: Option<&[usize]>, default: [usize; 3]) -> Result<[usize; 3]> {
+    match given {
+        Some(&[a, b, c]) => Ok([a, b, c]),
+        Some(other) => anyhow::bail!("--units takes three counts, not {other:?}"),
+        None => Ok(default),
+    }
 }
 
 /// Runs a training to its end and says what it did.
@@ -681,11 +701,8 @@ fn train_landmarks(args: TrainLandmarksArgs) -> Result<()> {
     let config = RefinerTrainConfig {
         network: RefinerSpec {
             input: args.input,
-            units: match args.units.as_deref() {
-                Some(&[a, b, c]) => [a, b, c],
-                Some(other) => anyhow::bail!("--units takes three counts, not {other:?}"),
-                None => defaults.network.units,
-            },
+            units: stage_units(args.units.as_deref(), defaults.network.units)?,
+            head: args.head,
             ..defaults.network
         },
         schedule: Schedule {
