@@ -4,8 +4,9 @@
 //! `models/backbone.onnx`), so fp32, QDQ and QOperator files can be compared
 //! side by side in one run. `NORMGATE_BENCH_DETECTORS` names the detectors
 //! the same way (default the shipped `models/detector.onnx`; the first one's
-//! face feeds alignment, and the landmark refiner `models/refiner.onnx` on
-//! that face). Missing models are skipped with a note.
+//! face feeds alignment), and `NORMGATE_BENCH_REFINERS` the landmark
+//! refiners run on that face (default the shipped `models/refiner.onnx`).
+//! Missing models are skipped with a note.
 //!
 //! `cargo bench --bench stages`; for aarch64 under qemu (a hint only) add
 //! `--target aarch64-unknown-linux-gnu` with the runner of cross/test-aarch64.sh.
@@ -50,6 +51,15 @@ fn paths(var: &str, default: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// A model's folder and file name: the refiners of different runs share a file name.
+fn label(model: &Path) -> String {
+    let folder = model.parent().and_then(|p| p.file_name()).unwrap_or_default();
+    Path::new(folder)
+        .join(model.file_name().unwrap_or_default())
+        .display()
+        .to_string()
+}
+
 fn stages(c: &mut Criterion) {
     let frame = frame();
     let mut group = c.benchmark_group("stage");
@@ -69,11 +79,13 @@ fn stages(c: &mut Criterion) {
             face = d.detect(&frame, &DetectParams::default()).unwrap().first().copied();
         }
     }
-    if let (Some(f), Some(model)) = (&face, present(root().join("models/refiner.onnx"))) {
-        let refiner = Refiner::load(&model, &ModelCard::path_for(&model)).unwrap();
-        group.bench_function("refine landmarks of one face", |b| {
-            b.iter(|| refiner.landmarks(&frame, f).unwrap())
-        });
+    if let Some(f) = &face {
+        for model in paths("NORMGATE_BENCH_REFINERS", "models/refiner.onnx") {
+            let refiner = Refiner::load(&model, &ModelCard::path_for(&model)).unwrap();
+            group.bench_function(format!("refine landmarks of one face ({})", label(&model)), |b| {
+                b.iter(|| refiner.landmarks(&frame, f).unwrap())
+            });
+        }
     }
     for (i, model) in paths("NORMGATE_BENCH_EMBEDDERS", "models/backbone.onnx")
         .iter()
