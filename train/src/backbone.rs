@@ -71,22 +71,28 @@ impl BackboneConfig {
 
     /// Trainable parameters (weights, biases, PReLU slopes).
     pub fn parameters(&self) -> usize {
-        let convs: usize = self
-            .convolutions()
-            .iter()
-            .map(|&(ci, co, _, _)| co * ci * 9 + 2 * co)
-            .sum();
-        convs + self.flattened() * self.feature_dim + self.feature_dim
+        self.trunk_parameters() + self.flattened() * self.feature_dim + self.feature_dim
     }
 
     /// Floating-point operations of one forward pass (a multiply-add counts 2).
     pub fn forward_flops(&self) -> u64 {
-        let convs: usize = self
-            .convolutions()
+        self.trunk_flops() + (2 * self.flattened() * self.feature_dim) as u64
+    }
+
+    /// Parameters of the stem and stages ([`Trunk`]).
+    pub fn trunk_parameters(&self) -> usize {
+        self.convolutions()
             .iter()
-            .map(|&(ci, co, h, w)| 2 * co * ci * 9 * h * w)
-            .sum();
-        (convs + 2 * self.flattened() * self.feature_dim) as u64
+            .map(|&(ci, co, _, _)| co * ci * 9 + 2 * co)
+            .sum()
+    }
+
+    /// Operations of the stem and stages ([`Trunk`]).
+    pub fn trunk_flops(&self) -> u64 {
+        self.convolutions()
+            .iter()
+            .map(|&(ci, co, h, w)| (2 * co * ci * 9 * h * w) as u64)
+            .sum()
     }
 }
 

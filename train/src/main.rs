@@ -714,6 +714,13 @@ fn train_landmarks(args: TrainLandmarksArgs) -> Result<()> {
         seed: args.seed,
         ..defaults
     };
+    let network = config.network.config();
+    eprintln!(
+        "refiner ({:?} head): {} parameters, {:.1} MFLOP per crop",
+        config.network.head,
+        config.network.head.parameters(&network),
+        config.network.head.forward_flops(&network) as f64 / 1e6
+    );
     let scenes = training_scenes(&args.data, &args.cache, threads(args.threads))?;
     let mut trainer = RefinerTrainer::new(config, scenes, &args.out)?;
     eprintln!(

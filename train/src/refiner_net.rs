@@ -110,6 +110,35 @@ impl HeatmapHead {
     }
 }
 
+impl RefinerHead {
+    /// Trainable parameters of a refiner with this head on `config`.
+    pub fn parameters(self, config: &BackboneConfig) -> usize {
+        match self {
+            Self::Regression => config.parameters(),
+            Self::Heatmap => {
+                let laterals: usize = config.widths.iter().map(|&c| HEAD_CHANNELS * (c * 9 + 2)).sum();
+                config.trunk_parameters() + laterals + POINTS * (HEAD_CHANNELS * 9 + 1)
+            }
+        }
+    }
+
+    /// Floating-point operations of reading one crop (a multiply-add counts 2;
+    /// the soft-argmax is left out, a few thousand).
+    pub fn forward_flops(self, config: &BackboneConfig) -> u64 {
+        match self {
+            Self::Regression => config.forward_flops(),
+            Self::Heatmap => {
+                let (h, w) = map_size(config);
+                // Stage s's maps are (h, w) halved s times.
+                let laterals: usize = (0..3)
+                    .map(|s| 2 * HEAD_CHANNELS * config.widths[s] * 9 * (h >> s) * (w >> s))
+                    .sum();
+                config.trunk_flops() + (laterals + 2 * POINTS * HEAD_CHANNELS * 9 * h * w) as u64
+            }
+        }
+    }
+}
+
 /// Side of the heatmaps: the stride-4 stage's (input / 4, rounded up per stride).
 pub fn map_size(config: &BackboneConfig) -> (usize, usize) {
     let down = |n: usize| n.div_ceil(2).div_ceil(2);
@@ -169,6 +198,13 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
         let points = net.forward(&x).unwrap();
         assert_eq!(points.dims(), [2, 10]);
+        let built: usize = vars.all_vars().iter().map(|v| v.elem_count()).sum();
+        assert_eq!(built, RefinerHead::Heatmap.parameters(&config));
+        // Trunk at 32x32: stem 3->4 at 16x16, 4->4 at 8x8 (+1 unit), 4->6 at 4x4, 6->8 at 2x2 (+1 unit);
+        // laterals 4, 6, 8 -> 64 at 8x8, 4x4, 2x2; maps 64->5 at 8x8.
+        let trunk = 2 * 9 * (4 * 3 * 256 + 4 * 4 * 64 + 2 * 4 * 4 * 64 + 6 * 4 * 16 + 8 * 6 * 4 + 2 * 8 * 8 * 4);
+        let head = 2 * 9 * 64 * (4 * 64 + 6 * 16 + 8 * 4) + 2 * 9 * 5 * 64 * 64;
+        assert_eq!(RefinerHead::Heatmap.forward_flops(&config), (trunk + head) as u64);
         let values = points.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!(values.iter().all(|v| (0.0..=1.0).contains(v)), "{values:?}");
         // Every variable gets a gradient: the head is wired to the trunk.
