@@ -184,12 +184,41 @@ pub fn lfw_scores_on(model: &Model, pairs_text: &str, cache: Cache, flip: bool) 
 /// The EDC of scored LFW pairs: each pair's quality is the lower of its two
 /// crops' feature norms (blur baseline: their Laplacian variance).
 pub fn lfw_edc(lfw: &LfwScores) -> Edc {
+    lfw_edc_of(lfw, &lfw.pairs)
+}
+
+/// The EDC of the teacher's verification on the same pairs, discarding by
+/// the model's norms: what the gate's discarding buys a server that matches
+/// with a stronger recognizer (the teacher standing in for it). None when
+/// the cache holds no teacher features.
+pub fn server_edc(lfw: &LfwScores) -> Option<Edc> {
+    let (t, dim) = (&lfw.cache.teacher, lfw.cache.dim);
+    if dim == 0 || t.len() != lfw.cache.len() * dim {
+        return None;
+    }
+    let feature = |i: usize| &t[i * dim..][..dim];
+    let pairs: Vec<Scored> = lfw
+        .pairs
+        .iter()
+        .zip(&lfw.crops)
+        .map(|(p, &[a, b])| Scored {
+            score: cosine(feature(a), feature(b)),
+            ..*p
+        })
+        .collect();
+    Some(lfw_edc_of(lfw, &pairs))
+}
+
+/// The EDC of `pairs` (LFW's, scored by any model) with each pair's quality
+/// the lower of its crops' norms under `lfw`'s model (blur baseline: their
+/// Laplacian variance).
+fn lfw_edc_of(lfw: &LfwScores, pairs: &[Scored]) -> Edc {
     let norms: Vec<f64> = lfw.features.iter().map(|f| norm(f)).collect();
     let blur: Vec<f64> = (0..lfw.cache.len())
         .map(|i| laplacian_variance(&lfw.cache.crop(i)))
         .collect();
     let pair_min = |q: &[f64]| -> Vec<f64> { lfw.crops.iter().map(|&[a, b]| q[a].min(q[b])).collect() };
-    edc(&lfw.pairs, &pair_min(&norms), &pair_min(&blur))
+    edc(pairs, &pair_min(&norms), &pair_min(&blur))
 }
 
 /// LFW 10-fold verification of a model.
@@ -213,6 +242,9 @@ pub struct FamilyReport {
 pub struct QualityReport {
     /// Error versus discard on LFW.
     pub edc: Edc,
+    /// Error versus discard of the teacher's verification, pairs discarded by
+    /// this model's norms (see [`server_edc`]).
+    pub server_edc: Option<Edc>,
     /// Degradation ranking per family.
     pub degradation: Vec<FamilyReport>,
     /// ROC AUC of the norm, faces against non-faces.
@@ -297,7 +329,7 @@ fn crops_cache(crops: &[RgbImage]) -> Cache {
 pub fn quality(model: &Model, data: &Path, cache_dir: &Path, degraded_images: usize) -> Result<QualityReport> {
     let lfw = lfw_scores(model, data, cache_dir, false)?;
     let norms: Vec<f64> = lfw.features.iter().map(|f| norm(f)).collect();
-    let edc = lfw_edc(&lfw);
+    let (edc, server_edc) = (lfw_edc(&lfw), server_edc(&lfw));
 
     let glint = Cache::load(cache_dir, "glint24")?;
     let clean: Vec<RgbImage> = glint.spread(degraded_images).map(|i| glint.crop(i)).collect();
@@ -355,6 +387,7 @@ pub fn quality(model: &Model, data: &Path, cache_dir: &Path, degraded_images: us
     let lfw_norm_percentiles = [0.1, 0.5, 0.9].map(|p| percentile(&norms, p));
     Ok(QualityReport {
         edc,
+        server_edc,
         degradation,
         face_nonface_auroc: auc(&scored),
         lfw_norm_percentiles,
@@ -364,7 +397,57 @@ pub fn quality(model: &Model, data: &Path, cache_dir: &Path, degraded_images: us
 
 #[cfg(test)]
 mod tests {
-    use super::percentile;
+    use super::*;
+
+    #[test]
+    fn the_server_edc_scores_pairs_by_the_teacher_and_discards_by_the_model() {
+        // Ten pairs of two crops: five genuine, five impostors. The teacher
+        // (2-d features) fails genuine pair 0 only; the model passes every
+        // pair but gives pair 0's second crop the lowest norm.
+        let teacher: Vec<[f32; 2]> = (0..10)
+            .flat_map(|p| match p {
+                0 => [[1.0, 0.0], [0.0, 1.0]],
+                1..5 => [[1.0, 0.0], [1.0, 0.0]],
+                _ => [[1.0, 0.0], [0.2, 0.98]],
+            })
+            .collect();
+        let cache = Cache {
+            crops: vec![0; 20 * CROP * CROP * 3],
+            labels: vec![0; 20],
+            teacher: teacher.iter().flatten().copied().collect(),
+            teacher_flip: Vec::new(),
+            dim: 2,
+            paths: vec![String::new(); 20],
+        };
+        let features: Vec<Vec<f32>> = (0..20).map(|i| vec![if i == 1 { 1.0 } else { 5.0 }, 0.0]).collect();
+        let lfw = LfwScores {
+            pairs: (0..10)
+                .map(|p| Scored {
+                    fold: 0,
+                    same: p < 5,
+                    score: if p < 5 { 1.0 } else { 0.0 },
+                })
+                .collect(),
+            crops: (0..10).map(|p| [2 * p, 2 * p + 1]).collect(),
+            cache,
+            features,
+        };
+        assert_eq!(lfw_edc(&lfw).fnmr, 0.0);
+        let server = server_edc(&lfw).unwrap();
+        assert!((server.fnmr - 0.2).abs() < 1e-9, "{}", server.fnmr);
+        // Discarding 10 % (pair 0, the lowest norm) removes the teacher's failure.
+        let at10 = server.points.iter().find(|p| p.discard_percent == 10).unwrap();
+        assert_eq!(at10.fnmr_norm, 0.0);
+        let no_teacher = LfwScores {
+            cache: Cache {
+                dim: 0,
+                teacher: Vec::new(),
+                ..lfw.cache
+            },
+            ..lfw
+        };
+        assert!(server_edc(&no_teacher).is_none());
+    }
 
     #[test]
     fn percentiles_take_the_nearest_rank() {
