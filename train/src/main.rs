@@ -207,6 +207,9 @@ struct TrainArgs {
     /// Weight of the A-Softmax heads (0: distillation only).
     #[arg(long, default_value_t = TrainConfig::default().head_weight)]
     head_weight: f64,
+    /// Weight of the norm term of the distillation loss, `(ln|s| - ln|t|)²`.
+    #[arg(long, default_value_t = TrainConfig::default().beta)]
+    beta: f64,
     /// NormSelect before the heads (seed §3).
     #[arg(long)]
     norm_select: bool,
@@ -622,6 +625,7 @@ fn train(args: TrainArgs) -> Result<()> {
             ..defaults.schedule
         },
         head_weight: args.head_weight,
+        beta: args.beta,
         norm_select: args.norm_select,
         hem_keep: args.hem_keep,
         seed: args.seed,
