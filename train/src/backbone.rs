@@ -71,28 +71,22 @@ impl BackboneConfig {
 
     /// Trainable parameters (weights, biases, PReLU slopes).
     pub fn parameters(&self) -> usize {
-        self.trunk_parameters() + self.flattened() * self.feature_dim + self.feature_dim
+        let convs: usize = self
+            .convolutions()
+            .iter()
+            .map(|&(ci, co, _, _)| co * ci * 9 + 2 * co)
+            .sum();
+        convs + self.flattened() * self.feature_dim + self.feature_dim
     }
 
     /// Floating-point operations of one forward pass (a multiply-add counts 2).
     pub fn forward_flops(&self) -> u64 {
-        self.trunk_flops() + (2 * self.flattened() * self.feature_dim) as u64
-    }
-
-    /// Parameters of the stem and stages ([`Trunk`]).
-    pub fn trunk_parameters(&self) -> usize {
-        self.convolutions()
+        let convs: usize = self
+            .convolutions()
             .iter()
-            .map(|&(ci, co, _, _)| co * ci * 9 + 2 * co)
-            .sum()
-    }
-
-    /// Operations of the stem and stages ([`Trunk`]).
-    pub fn trunk_flops(&self) -> u64 {
-        self.convolutions()
-            .iter()
-            .map(|&(ci, co, h, w)| (2 * co * ci * 9 * h * w) as u64)
-            .sum()
+            .map(|&(ci, co, h, w)| 2 * co * ci * 9 * h * w)
+            .sum();
+        (convs + 2 * self.flattened() * self.feature_dim) as u64
     }
 }
 
@@ -131,15 +125,17 @@ impl ConvUnit {
     }
 }
 
-/// The convolutional part: the stem and the three stages, without fc5.
-pub struct Trunk {
+/// The backbone: input `[B, 3, height, width]`, output `[B, feature_dim]`.
+pub struct Backbone {
+    config: BackboneConfig,
     /// Stem and each stage's stride-2 convolution, followed by that stage's residual units.
     stages: Vec<(ConvUnit, Vec<(ConvUnit, ConvUnit)>)>,
+    fc5: Linear,
     conv: ConvImpl,
 }
 
-impl Trunk {
-    /// Builds (or loads, through `vb`) the stem and stages.
+impl Backbone {
+    /// Builds (or loads, through `vb`) the network.
     pub fn new(config: BackboneConfig, conv: ConvImpl, vb: VarBuilder) -> Result<Self> {
         let mut stages = vec![(ConvUnit::new(3, config.stem, 2, vb.pp("stem"))?, Vec::new())];
         let mut c = config.stem;
@@ -158,37 +154,13 @@ impl Trunk {
             stages.push((down, residual));
             c = width;
         }
-        Ok(Self { stages, conv })
-    }
-
-    /// The output of the stem and of each stage (strides 2, 4, 8, 16).
-    pub fn stage_outputs(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        let mut x = x.clone();
-        let mut outputs = Vec::with_capacity(self.stages.len());
-        for (down, units) in &self.stages {
-            x = down.forward(&x, self.conv)?;
-            for (a, b) in units {
-                x = (&x + b.forward(&a.forward(&x, self.conv)?, self.conv)?)?;
-            }
-            outputs.push(x.clone());
-        }
-        Ok(outputs)
-    }
-}
-
-/// The backbone: input `[B, 3, height, width]`, output `[B, feature_dim]`.
-pub struct Backbone {
-    config: BackboneConfig,
-    trunk: Trunk,
-    fc5: Linear,
-}
-
-impl Backbone {
-    /// Builds (or loads, through `vb`) the network.
-    pub fn new(config: BackboneConfig, conv: ConvImpl, vb: VarBuilder) -> Result<Self> {
-        let trunk = Trunk::new(config, conv, vb.clone())?;
         let fc5 = candle_nn::linear(config.flattened(), config.feature_dim, vb.pp("fc5"))?;
-        Ok(Self { config, trunk, fc5 })
+        Ok(Self {
+            config,
+            stages,
+            fc5,
+            conv,
+        })
     }
 
     /// The architecture.
@@ -198,8 +170,14 @@ impl Backbone {
 
     /// Un-normalised features of a batch of crops.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let last = self.trunk.stage_outputs(x)?.pop().expect("at least the stem");
-        self.fc5.forward(&last.flatten_from(1)?)
+        let mut x = x.clone();
+        for (down, units) in &self.stages {
+            x = down.forward(&x, self.conv)?;
+            for (a, b) in units {
+                x = (&x + b.forward(&a.forward(&x, self.conv)?, self.conv)?)?;
+            }
+        }
+        self.fc5.forward(&x.flatten_from(1)?)
     }
 }
 

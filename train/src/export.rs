@@ -19,7 +19,6 @@ use tract_onnx::pb::{
 };
 
 use crate::backbone::BackboneConfig;
-use crate::refiner_net::RefinerHead;
 
 /// Name of the graph's input.
 pub const INPUT: &str = "input";
@@ -56,34 +55,7 @@ pub(crate) fn int(name: &str, value: i64) -> AttributeProto {
     }
 }
 
-impl<'a> Builder<'a> {
-    fn new(weights: &'a Weights) -> Self {
-        Self {
-            weights,
-            nodes: Vec::new(),
-            initializers: Vec::new(),
-            count: 0,
-        }
-    }
-
-    /// The stem and the three stages from the graph input; the output of each.
-    fn trunk(&mut self, config: &BackboneConfig) -> Result<Vec<String>> {
-        let mut outputs = vec![self.unit("stem", INPUT, 2)?];
-        for (s, &units) in config.units.iter().enumerate() {
-            let x = self.unit(&format!("stage{s}.down"), outputs.last().expect("the stem"), 2)?;
-            outputs.push(self.residual_units(&format!("stage{s}"), x, units)?);
-        }
-        Ok(outputs)
-    }
-
-    /// The model of a graph over a `config`-sized image input with a `[B, features]` output.
-    fn finish(self, name: &str, config: &BackboneConfig, features: usize) -> ModelProto {
-        let (h, w) = (config.height as i64, config.width as i64);
-        let input = value_info(INPUT, &[None, Some(3), Some(h), Some(w)]);
-        let output = value_info(OUTPUT, &[None, Some(features as i64)]);
-        model_proto(name, self, input, vec![output])
-    }
-
+impl Builder<'_> {
     fn node(&mut self, op: &str, inputs: &[&str], attributes: Vec<AttributeProto>, output: Option<&str>) -> String {
         self.count += 1;
         let out = output.map_or_else(|| format!("{}_{}", op.to_lowercase(), self.count), String::from);
@@ -144,30 +116,6 @@ impl<'a> Builder<'a> {
         Ok(x)
     }
 
-    /// A float constant of the given shape; returns its name.
-    fn floats(&mut self, name: &str, dims: &[usize], values: &[f32]) -> String {
-        self.initializers.push(TensorProto {
-            name: name.into(),
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: DataType::Float as i32,
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ..Default::default()
-        });
-        name.into()
-    }
-
-    /// Nearest-neighbour 2x upsampling of `[B, channels, h, w]`, spelled
-    /// with shape ops every runtime has: split each axis, broadcast, merge.
-    fn upsample2(&mut self, x: &str, channels: usize, h: usize, w: usize) -> String {
-        let [c, h, w] = [channels, h, w].map(|v| v as i64);
-        let split = self.int64s(&format!("{x}.split"), &[-1, c, h, 1, w, 1]);
-        let twice = self.int64s(&format!("{x}.twice"), &[1, 1, 1, 2, 1, 2]);
-        let merged = self.int64s(&format!("{x}.merged"), &[-1, c, 2 * h, 2 * w]);
-        let y = self.node("Reshape", &[x, &split], vec![], None);
-        let y = self.node("Expand", &[&y, &twice], vec![], None);
-        self.node("Reshape", &[&y, &merged], vec![], None)
-    }
-
     /// An int64 constant (e.g. a shape for Reshape); returns its name.
     fn int64s(&mut self, name: &str, values: &[i64]) -> String {
         self.initializers.push(TensorProto {
@@ -224,39 +172,24 @@ pub fn backbone_model(
     config: &BackboneConfig,
     weights: &HashMap<String, (Vec<usize>, Vec<f32>)>,
 ) -> Result<ModelProto> {
-    let mut b = Builder::new(weights);
-    let x = b.trunk(config)?.pop().expect("at least the stem");
+    let mut b = Builder {
+        weights,
+        nodes: Vec::new(),
+        initializers: Vec::new(),
+        count: 0,
+    };
+    let mut x = b.unit("stem", INPUT, 2)?;
+    for (s, &units) in config.units.iter().enumerate() {
+        x = b.unit(&format!("stage{s}.down"), &x, 2)?;
+        x = b.residual_units(&format!("stage{s}"), x, units)?;
+    }
     let flat = b.node("Flatten", &[&x], vec![int("axis", 1)], None);
     let (w, bias) = (b.weight("fc5.weight", None)?, b.weight("fc5.bias", None)?);
     b.node("Gemm", &[&flat, &w, &bias], vec![int("transB", 1)], Some(OUTPUT));
-    Ok(b.finish("normgate-backbone", config, config.feature_dim))
-}
-
-/// The ONNX model of a heatmap refiner ([`crate::refiner_net`]): trunk,
-/// top-down merge to stride 4, per-landmark soft-argmax; output `[B, 10]`.
-pub fn heatmap_refiner_model(
-    config: &BackboneConfig,
-    weights: &HashMap<String, (Vec<usize>, Vec<f32>)>,
-) -> Result<ModelProto> {
-    use crate::refiner_net::{cell_centres, map_size, HEAD_CHANNELS};
-    let mut b = Builder::new(weights);
-    let stages = b.trunk(config)?;
-    let (h, w) = map_size(config);
-    let mut merged = b.unit("head.lateral2", &stages[3], 1)?;
-    for (s, scale) in [(1, 2), (0, 1)] {
-        let up = b.upsample2(&merged, HEAD_CHANNELS, h / (2 * scale), w / (2 * scale));
-        let lateral = b.unit(&format!("head.lateral{s}"), &stages[s + 1], 1)?;
-        merged = b.node("Add", &[&up, &lateral], vec![], None);
-    }
-    let maps = b.conv("head.out", &merged, 1)?;
-    let cells = b.int64s("cells", &[-1, 5, (h * w) as i64]);
-    let maps = b.node("Reshape", &[&maps, &cells], vec![], None);
-    let weights = b.node("Softmax", &[&maps], vec![int("axis", -1)], None);
-    let grid = b.floats("grid", &[h * w, 2], &cell_centres(h, w));
-    let points = b.node("MatMul", &[&weights, &grid], vec![], None);
-    let flat = b.int64s("points", &[-1, 10]);
-    b.node("Reshape", &[&points, &flat], vec![], Some(OUTPUT));
-    Ok(b.finish("normgate-refiner", config, 10))
+    let (h, w) = (config.height as i64, config.width as i64);
+    let input = value_info(INPUT, &[None, Some(3), Some(h), Some(w)]);
+    let output = value_info(OUTPUT, &[None, Some(config.feature_dim as i64)]);
+    Ok(model_proto("normgate-backbone", b, input, vec![output]))
 }
 
 /// Shared header of an exported graph.
@@ -285,7 +218,12 @@ fn model_proto(name: &str, b: Builder, input: ValueInfoProto, output: Vec<ValueI
 /// `FaceNet` creates them), batch 1, outputs `loc`, `conf` (softmaxed) and
 /// `landmarks` in RetinaFace's layout.
 pub fn detector_model(config: &crate::facenet::DetectorConfig, weights: &Weights) -> Result<ModelProto> {
-    let mut b = Builder::new(weights);
+    let mut b = Builder {
+        weights,
+        nodes: Vec::new(),
+        initializers: Vec::new(),
+        count: 0,
+    };
     let mut x = INPUT.to_string();
     let mut levels = Vec::new();
     for (i, &units) in config.units.iter().enumerate() {
@@ -483,18 +421,17 @@ pub fn export_detector_run(run: &Path, path: &Path, frames: &[image::RgbImage]) 
     Ok(divergence.check(frames.len()))
 }
 
-/// Exports a landmark refiner run (either head) to `path` (and its card) and checks the
+/// Exports a landmark refiner run to `path` (and its card) and checks the
 /// written file against candle on the middle square of each of `frames`.
 pub fn export_refiner_run(run: &Path, path: &Path, frames: &[image::RgbImage]) -> Result<ExportCheck> {
     use candle_core::{Device, Tensor};
     let (net, map, config) = crate::landmark_train::load_refiner(run)?;
     let network = config.network.config();
-    let weights = collect_weights(&map, "refiner")?;
-    let model = match config.network.head {
-        RefinerHead::Regression => backbone_model(&network, &weights)?,
-        RefinerHead::Heatmap => heatmap_refiner_model(&network, &weights)?,
-    };
-    write(&model, &refiner_card(&network, config.expand), path)?;
+    write(
+        &backbone_model(&network, &collect_weights(&map, "refiner")?)?,
+        &refiner_card(&network, config.expand),
+        path,
+    )?;
     let card = ModelCard::load(&ModelCard::path_for(path))?;
     let tract = normgate::runtime::Network::load(path, &card, 1, &[OUTPUT])?;
     let mut divergence = Divergence::default();
@@ -552,31 +489,12 @@ mod tests {
 
     #[test]
     fn the_device_runs_an_exported_refiner_like_candle() {
-        for head in [RefinerHead::Regression, RefinerHead::Heatmap] {
-            device_reads_like_candle(head);
-        }
-    }
-
-    /// A random refiner with `head`, exported: the device's two mirrored
-    /// readings, mapped back to the frame, must be candle's.
-    fn device_reads_like_candle(head: RefinerHead) {
-        use crate::refiner_net::RefinerNet;
         use normgate::detector::Face;
         use normgate::landmarks::{Refiner, Region};
         let mut config = tiny_backbone([4, 6, 8], [1, 0, 1], 10);
         (config.height, config.width) = (32, 32);
-        let path = std::env::temp_dir().join(format!(
-            "normgate-export-ref-{head:?}-{}/refiner.onnx",
-            std::process::id()
-        ));
-        let map = VarMap::new();
-        let net = RefinerNet::new(config, head, SeededVars::builder(&map, 5, &Device::Cpu).pp("refiner")).unwrap();
-        let weights = collect_weights(&map, "refiner").unwrap();
-        let model = match head {
-            RefinerHead::Regression => backbone_model(&config, &weights),
-            RefinerHead::Heatmap => heatmap_refiner_model(&config, &weights),
-        };
-        write(&model.unwrap(), &refiner_card(&config, 1.25), &path).unwrap();
+        let path = std::env::temp_dir().join(format!("normgate-export-ref-{}/refiner.onnx", std::process::id()));
+        let (net, _) = exported_backbone(config, 5, "refiner", &refiner_card(&config, 1.25), &path);
         let refiner = Refiner::load(&path, &ModelCard::path_for(&path)).unwrap();
         let frame = image::RgbImage::from_fn(120, 90, |x, y| {
             image::Rgb([(x * 2) as u8, (y * 2) as u8, (x + y) as u8])
@@ -609,7 +527,7 @@ mod tests {
             ]);
             assert!(
                 (point[0] - expected[0]).abs() < 1e-3 && (point[1] - expected[1]).abs() < 1e-3,
-                "{head:?} point {k}: {point:?} vs {expected:?}"
+                "point {k}: {point:?} vs {expected:?}"
             );
         }
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();

@@ -22,11 +22,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::BackboneConfig;
+use crate::backbone::{Backbone, BackboneConfig, ConvImpl};
 use crate::detector_data::{mirror_landmarks, photometric};
 use crate::detector_train::chw;
 use crate::optim::{read_config, Progress, Schedule, Sgd, Training};
-use crate::refiner_net::{RefinerHead, RefinerNet};
 use crate::vars::SeededVars;
 
 /// Everything that defines a refiner run; saved beside its checkpoint.
@@ -64,9 +63,6 @@ pub struct RefinerSpec {
     pub widths: [usize; 3],
     /// Residual units per stage.
     pub units: [usize; 3],
-    /// How features become points (runs before this field: regression).
-    #[serde(default)]
-    pub head: RefinerHead,
 }
 
 impl RefinerSpec {
@@ -101,7 +97,6 @@ impl Default for RefinerTrainConfig {
                 stem: 16,
                 widths: [32, 64, 128],
                 units: [1, 1, 1],
-                head: RefinerHead::Regression,
             },
         }
     }
@@ -159,7 +154,7 @@ pub struct RefinerTrainer {
     scenes: Vec<(RgbImage, Vec<Face>)>,
     /// (scene, face) pairs that qualify for training.
     faces: Vec<(usize, usize)>,
-    net: RefinerNet,
+    net: Backbone,
     sgd: Sgd,
     step: u64,
 }
@@ -187,7 +182,7 @@ impl RefinerTrainer {
         }
         let map = VarMap::new();
         let vb = SeededVars::builder(&map, config.seed, &Device::Cpu);
-        let net = RefinerNet::new(config.network.config(), config.network.head, vb.pp("refiner"))?;
+        let net = Backbone::new(config.network.config(), ConvImpl::Fast, vb.pp("refiner"))?;
         let mut sgd = Sgd::new(&map)?;
         let step = sgd.resume(dir, &config)?;
         Ok(Self {
@@ -274,12 +269,9 @@ impl Training for RefinerTrainer {
 }
 
 /// The refiner of a run folder's checkpoint, for evaluation and export.
-pub fn load_refiner(dir: &Path) -> Result<(RefinerNet, VarMap, RefinerTrainConfig)> {
+pub fn load_refiner(dir: &Path) -> Result<(Backbone, VarMap, RefinerTrainConfig)> {
     let config: RefinerTrainConfig = read_config(dir)?;
-    let map = VarMap::new();
-    let vb = SeededVars::builder(&map, config.seed, &Device::Cpu);
-    let net = RefinerNet::new(config.network.config(), config.network.head, vb.pp("refiner"))?;
-    crate::optim::load_weights(&map, dir)?;
+    let (net, map) = crate::backbone::load_checkpoint(dir, config.network.config(), config.seed, "refiner")?;
     Ok((net, map, config))
 }
 
@@ -346,7 +338,6 @@ mod tests {
                 stem: 2,
                 widths: [2, 2, 2],
                 units: [0, 0, 0],
-                head: RefinerHead::Regression,
             },
             ..RefinerTrainConfig::default()
         };

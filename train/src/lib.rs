@@ -59,7 +59,6 @@ pub mod prepare;
 pub mod pseudo;
 pub mod quality;
 pub mod quantize;
-pub mod refiner_net;
 #[cfg(test)]
 mod testing;
 pub mod train;

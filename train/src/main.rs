@@ -16,7 +16,6 @@ use normgate_train::eval;
 use normgate_train::landmark_train::{RefinerSpec, RefinerTrainConfig, RefinerTrainer};
 use normgate_train::optim::{Schedule, Training};
 use normgate_train::prepare;
-use normgate_train::refiner_net::RefinerHead;
 use normgate_train::train::{BackboneSpec, TrainConfig, Trainer};
 
 /// Host tools of normgate: training, export, quantization, curation, evaluation.
@@ -286,9 +285,6 @@ struct TrainLandmarksArgs {
     /// Residual units of the three stages, e.g. 2,2,2 (default 1,1,1).
     #[arg(long, value_delimiter = ',')]
     units: Option<Vec<usize>>,
-    /// How features become points: a dense layer or soft-argmax heatmaps.
-    #[arg(long, value_enum, default_value = "regression")]
-    head: RefinerHead,
     /// Peak learning rate.
     #[arg(long, default_value_t = RefinerTrainConfig::default().schedule.lr)]
     lr: f64,
@@ -706,7 +702,6 @@ fn train_landmarks(args: TrainLandmarksArgs) -> Result<()> {
         network: RefinerSpec {
             input: args.input,
             units: stage_units(args.units.as_deref(), defaults.network.units)?,
-            head: args.head,
             ..defaults.network
         },
         schedule: Schedule {
@@ -718,13 +713,6 @@ fn train_landmarks(args: TrainLandmarksArgs) -> Result<()> {
         seed: args.seed,
         ..defaults
     };
-    let network = config.network.config();
-    eprintln!(
-        "refiner ({:?} head): {} parameters, {:.1} MFLOP per crop",
-        config.network.head,
-        config.network.head.parameters(&network),
-        config.network.head.forward_flops(&network) as f64 / 1e6
-    );
     let scenes = training_scenes(&args.data, &args.cache, threads(args.threads))?;
     let mut trainer = RefinerTrainer::new(config, scenes, &args.out)?;
     eprintln!(
