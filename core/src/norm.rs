@@ -93,6 +93,19 @@ impl NormSelect {
         }
     }
 
+    /// Restores a running average that [`NormSelect::threshold`] read before
+    /// (a training checkpoint), so a resumed run thresholds its next batch as
+    /// an uninterrupted one would. The fixed mode has no state and ignores it.
+    pub fn restore_average(&mut self, average: f32) -> Result<()> {
+        if !average.is_finite() {
+            return Err(Error::NonFinite("average"));
+        }
+        if let SelectMode::RunningAverage { .. } = self.mode {
+            self.average = Some(average);
+        }
+        Ok(())
+    }
+
     /// Applies the layer to a batch of row-major features (`dim` values per row).
     ///
     /// In running-average mode the batch's mean norm is folded into the average
@@ -198,6 +211,17 @@ mod tests {
         assert_eq!(layer.forward(&mut b2, 2, &mut m).unwrap(), 7.0);
         assert_eq!(m, [true, true]);
         assert_eq!(layer.threshold(), Some(7.0));
+        // A fresh layer given the saved average continues the same way.
+        let mut resumed = NormSelect::new(SelectMode::RunningAverage { weight: 0.5 }).unwrap();
+        resumed.restore_average(7.0).unwrap();
+        let mut b3 = [1.0, 0.0, 0.0, 1.0];
+        let mut b3_again = b3;
+        assert_eq!(resumed.forward(&mut b3, 2, &mut m).unwrap(), 4.0);
+        assert_eq!(layer.forward(&mut b3_again, 2, &mut m).unwrap(), 4.0);
+        assert!(resumed.restore_average(f32::NAN).is_err());
+        let mut fixed = NormSelect::new(SelectMode::Fixed(2.0)).unwrap();
+        fixed.restore_average(9.0).unwrap();
+        assert_eq!(fixed.threshold(), Some(2.0));
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub fn a_softmax_losses(features: &Tensor, weights: &Tensor, labels: &[u32], lay
     Ok(op.forward(&f, &w, dim)?.losses)
 }
 
-fn core_error(e: normgate_core::Error) -> candle_core::Error {
+pub(crate) fn core_error(e: normgate_core::Error) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
 }
 

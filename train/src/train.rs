@@ -18,7 +18,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor, Var, D};
 use candle_nn::{Init, VarMap};
 use normgate_core::margin::{ASoftmax, LambdaSchedule, Margin};
 use normgate_core::norm::NormSelect;
@@ -26,7 +26,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::{Backbone, BackboneConfig, ConvImpl};
+use crate::backbone::{Backbone, BackboneConfig, ConvImpl, Pass};
 use crate::heads::{a_softmax_loss, a_softmax_losses, hardest_rows, norm_select_mask, seed_norm_select};
 use crate::optim::{read_config, Progress, Schedule, Sgd, Training};
 use crate::prepare::{Cache, CROP};
@@ -73,6 +73,10 @@ pub struct BackboneSpec {
     pub units: [usize; 3],
     /// Feature length.
     pub feature_dim: usize,
+    /// Batch normalisation while training (runs before this field: none;
+    /// left out of config.json when off, so their configs still match).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub batch_norm: bool,
 }
 
 impl BackboneSpec {
@@ -85,6 +89,7 @@ impl BackboneSpec {
             widths: self.widths,
             units: self.units,
             feature_dim: self.feature_dim,
+            batch_norm: self.batch_norm,
         }
     }
 }
@@ -111,6 +116,7 @@ impl Default for TrainConfig {
                 widths: s.widths,
                 units: s.units,
                 feature_dim: s.feature_dim,
+                batch_norm: s.batch_norm,
             },
         }
     }
@@ -176,6 +182,9 @@ pub struct Trainer {
     heads: [Tensor; 2],
     sgd: Sgd,
     selects: [NormSelect; 2],
+    /// The NormSelect running averages as variables without gradients (NaN
+    /// before the first batch), so checkpoints carry them; only with NormSelect.
+    select_averages: Option<[Var; 2]>,
     step: u64,
 }
 
@@ -210,6 +219,13 @@ impl Trainer {
             vb.get_with_hints((classes[0], config.backbone.feature_dim), "head.glint24", init)?,
             vb.get_with_hints((classes[1], config.backbone.feature_dim), "head.celeba", init)?,
         ];
+        let select_averages = if config.norm_select {
+            let average =
+                |name| -> Result<Var> { Ok(Var::from_tensor(&vb.get_with_hints(1, name, Init::Const(f64::NAN))?)?) };
+            Some([average("norm_select.glint24")?, average("norm_select.celeba")?])
+        } else {
+            None
+        };
         let sgd = Sgd::new(&map)?;
         let mut trainer = Self {
             config,
@@ -218,6 +234,7 @@ impl Trainer {
             heads,
             sgd,
             selects: [seed_norm_select(), seed_norm_select()],
+            select_averages,
             step: 0,
         };
         trainer.resume(dir)?;
@@ -231,6 +248,14 @@ impl Trainer {
 
     fn resume(&mut self, dir: &Path) -> Result<()> {
         self.step = self.sgd.resume(dir, &self.config)?;
+        if let Some(averages) = &self.select_averages {
+            for (select, average) in self.selects.iter_mut().zip(averages) {
+                let value = average.as_tensor().to_vec1::<f32>()?[0];
+                if value.is_finite() {
+                    select.restore_average(value).map_err(crate::heads::core_error)?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -267,6 +292,9 @@ impl Trainer {
         let mut labels = labels.to_vec();
         if self.config.norm_select {
             let (mask, kept) = norm_select_mask(&f, &mut self.selects[head])?;
+            if let (Some(averages), Some(average)) = (&self.select_averages, self.selects[head].threshold()) {
+                averages[head].set(&Tensor::new(&[average], &Device::Cpu)?)?;
+            }
             if kept == 0 {
                 return Ok(None);
             }
@@ -299,7 +327,7 @@ impl Training for Trainer {
 
     fn train_step(&mut self) -> Result<StepLog> {
         let (x, t, labels) = self.batch()?;
-        let s = self.net.forward(&x)?;
+        let s = self.net.forward_pass(&x, Pass::Train)?;
         let (s_norm, t_norm) = (
             s.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?,
             t.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?,
@@ -387,6 +415,8 @@ mod tests {
                 widths: [2, 2, 2],
                 units: [1, 0, 0],
                 feature_dim: 8,
+                // Covers the running statistics in checkpoints and resume.
+                batch_norm: true,
             },
             ..TrainConfig::default()
         }
