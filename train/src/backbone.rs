@@ -3,7 +3,7 @@
 //! (`x + prelu(conv(prelu(conv(x))))`), then a linear `fc5` whose
 //! un-normalised output is the feature the gate measures the norm of.
 
-use candle_core::{Module, Result, Tensor, Var};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, Linear, PReLU, VarBuilder};
 
 use crate::activation::bias_prelu;
@@ -34,10 +34,6 @@ pub struct BackboneConfig {
     pub units: [usize; 3],
     /// Length of the fc5 feature.
     pub feature_dim: usize,
-    /// Batch normalisation after every convolution while training, folded
-    /// into the convolution's weights and bias on export (the exported graph
-    /// is the same Conv + PReLU).
-    pub batch_norm: bool,
 }
 
 impl BackboneConfig {
@@ -51,7 +47,6 @@ impl BackboneConfig {
         widths: [64, 128, 256],
         units: [1, 1, 1],
         feature_dim: 128,
-        batch_norm: false,
     };
 
     /// Every convolution as (c_in, c_out, output height, output width).
@@ -74,15 +69,12 @@ impl BackboneConfig {
         c * h * w
     }
 
-    /// Values the training stores: weights, biases, PReLU slopes and, with
-    /// batch normalisation, its scales and running statistics (3 per
-    /// channel; folded away on export).
+    /// Trainable parameters (weights, biases, PReLU slopes).
     pub fn parameters(&self) -> usize {
-        let per_channel = if self.batch_norm { 5 } else { 2 };
         let convs: usize = self
             .convolutions()
             .iter()
-            .map(|&(ci, co, _, _)| co * ci * 9 + per_channel * co)
+            .map(|&(ci, co, _, _)| co * ci * 9 + 2 * co)
             .sum();
         convs + self.flattened() * self.feature_dim + self.feature_dim
     }
@@ -98,130 +90,34 @@ impl BackboneConfig {
     }
 }
 
-/// A 3x3 convolution, optionally batch-normalised, with bias and PReLU.
+/// A 3x3 convolution with bias and PReLU.
 pub(crate) struct ConvUnit {
     weight: Tensor,
     bias: Tensor,
     slope: Tensor,
     params: ConvParams,
-    norm: Option<BatchNorm>,
-}
-
-/// Batch normalisation of a convolution's output (before the unit's bias,
-/// which serves as its shift): per channel `(y - mean) / sqrt(var + eps) * scale`.
-struct BatchNorm {
-    scale: Tensor,
-    /// Running statistics: variables without gradients, so the optimiser
-    /// leaves them alone and checkpoints carry them.
-    running_mean: Var,
-    running_var: Var,
-}
-
-/// Added to the variance before the square root.
-pub const BATCH_NORM_EPS: f64 = 1e-5;
-
-/// Weight of a batch's statistics in the running ones.
-const BATCH_NORM_MOMENTUM: f64 = 0.1;
-
-/// Whether a forward pass trains (batch statistics, running ones updated)
-/// or evaluates (running statistics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pass {
-    /// A training step.
-    Train,
-    /// Evaluation and export.
-    Eval,
-}
-
-impl BatchNorm {
-    fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
-        let scale = vb.get_with_hints(channels, "scale", Init::Const(1.0))?;
-        let running_mean = Var::from_tensor(&vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?)?;
-        let running_var = Var::from_tensor(&vb.get_with_hints(channels, "running_var", Init::Const(1.0))?)?;
-        Ok(Self {
-            scale,
-            running_mean,
-            running_var,
-        })
-    }
-
-    fn forward(&self, y: &Tensor, pass: Pass) -> Result<Tensor> {
-        let c = self.scale.dim(0)?;
-        let per_channel = |t: &Tensor| t.mean_keepdim(3)?.mean_keepdim(2)?.mean_keepdim(0);
-        let (mean, var) = match pass {
-            Pass::Train => {
-                let mean = per_channel(y)?;
-                let var = per_channel(&y.broadcast_sub(&mean)?.sqr()?)?;
-                let keep = 1.0 - BATCH_NORM_MOMENTUM;
-                let update = |running: &Var, batch: &Tensor| -> Result<()> {
-                    let batch = batch.detach().flatten_all()?;
-                    running.set(&((running.as_tensor() * keep)? + (batch * BATCH_NORM_MOMENTUM)?)?)
-                };
-                update(&self.running_mean, &mean)?;
-                update(&self.running_var, &var)?;
-                (mean, var)
-            }
-            Pass::Eval => (
-                self.running_mean.as_tensor().detach().reshape((1, c, 1, 1))?,
-                self.running_var.as_tensor().detach().reshape((1, c, 1, 1))?,
-            ),
-        };
-        let gain = (var + BATCH_NORM_EPS)?
-            .sqrt()?
-            .recip()?
-            .broadcast_mul(&self.scale.reshape((1, c, 1, 1))?)?;
-        y.broadcast_sub(&mean)?.broadcast_mul(&gain)
-    }
 }
 
 impl ConvUnit {
     pub(crate) fn new(c_in: usize, c_out: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
-        Self::with_norm(c_in, c_out, stride, false, vb)
-    }
-
-    /// A unit with batch normalisation when `batch_norm` (variables under `bn`).
-    pub(crate) fn with_norm(
-        c_in: usize,
-        c_out: usize,
-        stride: usize,
-        batch_norm: bool,
-        vb: VarBuilder,
-    ) -> Result<Self> {
         // He initialisation for PReLU with slope 0.25.
         let std = (2.0 / (9.0 * c_in as f64 * (1.0 + 0.25 * 0.25))).sqrt();
         let weight = vb.get_with_hints((c_out, c_in, 3, 3), "weight", Init::Randn { mean: 0.0, stdev: std })?;
         let bias = vb.get_with_hints(c_out, "bias", Init::Const(0.0))?;
         let slope = vb.pp("prelu").get_with_hints(c_out, "weight", Init::Const(0.25))?;
-        let norm = if batch_norm {
-            Some(BatchNorm::new(c_out, vb.pp("bn"))?)
-        } else {
-            None
-        };
         Ok(Self {
             weight,
             bias,
             slope,
             params: ConvParams { stride, pad: 1 },
-            norm,
         })
     }
 
     pub(crate) fn forward(&self, x: &Tensor, conv: ConvImpl) -> Result<Tensor> {
-        self.forward_pass(x, conv, Pass::Eval)
-    }
-
-    fn forward_pass(&self, x: &Tensor, conv: ConvImpl, pass: Pass) -> Result<Tensor> {
-        let y = match conv {
-            ConvImpl::Fast => conv2d(x, &self.weight, self.params)?,
-            ConvImpl::Builtin => x.conv2d(&self.weight, self.params.pad, self.params.stride, 1, 1)?,
-        };
-        let y = match &self.norm {
-            Some(norm) => norm.forward(&y, pass)?,
-            None => y,
-        };
         match conv {
-            ConvImpl::Fast => bias_prelu(&y, &self.bias, &self.slope),
+            ConvImpl::Fast => bias_prelu(&conv2d(x, &self.weight, self.params)?, &self.bias, &self.slope),
             ConvImpl::Builtin => {
+                let y = x.conv2d(&self.weight, self.params.pad, self.params.stride, 1, 1)?;
                 let y = y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
                 PReLU::new(self.slope.clone(), false).forward(&y)
             }
@@ -241,16 +137,18 @@ pub struct Backbone {
 impl Backbone {
     /// Builds (or loads, through `vb`) the network.
     pub fn new(config: BackboneConfig, conv: ConvImpl, vb: VarBuilder) -> Result<Self> {
-        let unit = |c_in, c_out, stride, vb| ConvUnit::with_norm(c_in, c_out, stride, config.batch_norm, vb);
-        let mut stages = vec![(unit(3, config.stem, 2, vb.pp("stem"))?, Vec::new())];
+        let mut stages = vec![(ConvUnit::new(3, config.stem, 2, vb.pp("stem"))?, Vec::new())];
         let mut c = config.stem;
         for (s, (&width, &units)) in config.widths.iter().zip(&config.units).enumerate() {
             let vs = vb.pp(format!("stage{s}"));
-            let down = unit(c, width, 2, vs.pp("down"))?;
+            let down = ConvUnit::new(c, width, 2, vs.pp("down"))?;
             let residual = (0..units)
                 .map(|u| {
                     let vu = vs.pp(format!("unit{u}"));
-                    Ok((unit(width, width, 1, vu.pp("a"))?, unit(width, width, 1, vu.pp("b"))?))
+                    Ok((
+                        ConvUnit::new(width, width, 1, vu.pp("a"))?,
+                        ConvUnit::new(width, width, 1, vu.pp("b"))?,
+                    ))
                 })
                 .collect::<Result<Vec<_>>>()?;
             stages.push((down, residual));
@@ -270,21 +168,13 @@ impl Backbone {
         &self.config
     }
 
-    /// Un-normalised features of a batch of crops (evaluation: batch
-    /// normalisation, if any, from its running statistics).
+    /// Un-normalised features of a batch of crops.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_pass(x, Pass::Eval)
-    }
-
-    /// The features in a `pass`: a training step normalises with the
-    /// batch's statistics and updates the running ones.
-    pub fn forward_pass(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let mut x = x.clone();
         for (down, units) in &self.stages {
-            x = down.forward_pass(&x, self.conv, pass)?;
+            x = down.forward(&x, self.conv)?;
             for (a, b) in units {
-                let branch = b.forward_pass(&a.forward_pass(&x, self.conv, pass)?, self.conv, pass)?;
-                x = (&x + branch)?;
+                x = (&x + b.forward(&a.forward(&x, self.conv)?, self.conv)?)?;
             }
         }
         self.fc5.forward(&x.flatten_from(1)?)

@@ -75,7 +75,6 @@ impl RefinerSpec {
             widths: self.widths,
             units: self.units,
             feature_dim: 10,
-            batch_norm: false,
         }
     }
 }

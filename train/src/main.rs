@@ -221,10 +221,6 @@ struct TrainArgs {
     /// Residual units of the three stages, e.g. 1,2,2 (default 1,1,1).
     #[arg(long, value_delimiter = ',')]
     units: Option<Vec<usize>>,
-    /// Batch normalisation after every convolution while training (folded
-    /// into the convolutions on export).
-    #[arg(long)]
-    batch_norm: bool,
     /// Convolution ops: this crate's (fast) or candle's own (builtin, only to
     /// measure what the fast ones save).
     #[arg(long, value_enum, default_value = "fast")]
@@ -631,7 +627,6 @@ fn train(args: TrainArgs) -> Result<()> {
         seed: args.seed,
         backbone: BackboneSpec {
             units: stage_units(args.units.as_deref(), defaults.backbone.units)?,
-            batch_norm: args.batch_norm,
             ..defaults.backbone
         },
         ..defaults

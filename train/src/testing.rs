@@ -23,7 +23,6 @@ pub fn tiny_backbone(widths: [usize; 3], units: [usize; 3], feature_dim: usize) 
         widths,
         units,
         feature_dim,
-        batch_norm: false,
     }
 }
 

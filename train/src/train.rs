@@ -26,7 +26,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::{Backbone, BackboneConfig, ConvImpl, Pass};
+use crate::backbone::{Backbone, BackboneConfig, ConvImpl};
 use crate::heads::{a_softmax_loss, a_softmax_losses, hardest_rows, norm_select_mask, seed_norm_select};
 use crate::optim::{read_config, Progress, Schedule, Sgd, Training};
 use crate::prepare::{Cache, CROP};
@@ -73,10 +73,6 @@ pub struct BackboneSpec {
     pub units: [usize; 3],
     /// Feature length.
     pub feature_dim: usize,
-    /// Batch normalisation while training (runs before this field: none;
-    /// left out of config.json when off, so their configs still match).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub batch_norm: bool,
 }
 
 impl BackboneSpec {
@@ -89,7 +85,6 @@ impl BackboneSpec {
             widths: self.widths,
             units: self.units,
             feature_dim: self.feature_dim,
-            batch_norm: self.batch_norm,
         }
     }
 }
@@ -116,7 +111,6 @@ impl Default for TrainConfig {
                 widths: s.widths,
                 units: s.units,
                 feature_dim: s.feature_dim,
-                batch_norm: s.batch_norm,
             },
         }
     }
@@ -327,7 +321,7 @@ impl Training for Trainer {
 
     fn train_step(&mut self) -> Result<StepLog> {
         let (x, t, labels) = self.batch()?;
-        let s = self.net.forward_pass(&x, Pass::Train)?;
+        let s = self.net.forward(&x)?;
         let (s_norm, t_norm) = (
             s.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?,
             t.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?,
@@ -415,8 +409,6 @@ mod tests {
                 widths: [2, 2, 2],
                 units: [1, 0, 0],
                 feature_dim: 8,
-                // Covers the running statistics in checkpoints and resume.
-                batch_norm: true,
             },
             ..TrainConfig::default()
         }
