@@ -181,17 +181,46 @@ pub fn lfw_scores_on(model: &Model, pairs_text: &str, cache: Cache, flip: bool) 
     })
 }
 
+/// Each LFW pair's quality under a model: the lower of its two crops'
+/// feature norms, and for the blur baseline the lower of their Laplacian
+/// variances. Computed once, it serves every EDC drawn on the same pairs.
+pub struct PairQuality {
+    norm: Vec<f64>,
+    blur: Vec<f64>,
+}
+
+impl PairQuality {
+    /// The qualities of `lfw`'s pairs under its model.
+    pub fn of(lfw: &LfwScores) -> Self {
+        let norms: Vec<f64> = lfw.features.iter().map(|f| norm(f)).collect();
+        let blur: Vec<f64> = (0..lfw.cache.len())
+            .map(|i| laplacian_variance(&lfw.cache.crop(i)))
+            .collect();
+        let pair_min = |q: &[f64]| -> Vec<f64> { lfw.crops.iter().map(|&[a, b]| q[a].min(q[b])).collect() };
+        Self {
+            norm: pair_min(&norms),
+            blur: pair_min(&blur),
+        }
+    }
+
+    /// The EDC of `pairs` (the same LFW pairs, scored by any model),
+    /// discarding by these qualities.
+    pub fn edc(&self, pairs: &[Scored]) -> Edc {
+        edc(pairs, &self.norm, &self.blur)
+    }
+}
+
 /// The EDC of scored LFW pairs: each pair's quality is the lower of its two
 /// crops' feature norms (blur baseline: their Laplacian variance).
 pub fn lfw_edc(lfw: &LfwScores) -> Edc {
-    lfw_edc_of(lfw, &lfw.pairs)
+    PairQuality::of(lfw).edc(&lfw.pairs)
 }
 
 /// The EDC of the teacher's verification on the same pairs, discarding by
-/// the model's norms: what the gate's discarding buys a server that matches
-/// with a stronger recognizer (the teacher standing in for it). None when
-/// the cache holds no teacher features.
-pub fn server_edc(lfw: &LfwScores) -> Option<Edc> {
+/// the model's norms (`quality`, [`PairQuality::of`] `lfw`): what the gate's
+/// discarding buys a server that matches with a stronger recognizer (the
+/// teacher standing in for it). None when the cache holds no teacher features.
+pub fn server_edc(lfw: &LfwScores, quality: &PairQuality) -> Option<Edc> {
     let (t, dim) = (&lfw.cache.teacher, lfw.cache.dim);
     if dim == 0 || t.len() != lfw.cache.len() * dim {
         return None;
@@ -206,19 +235,7 @@ pub fn server_edc(lfw: &LfwScores) -> Option<Edc> {
             ..*p
         })
         .collect();
-    Some(lfw_edc_of(lfw, &pairs))
-}
-
-/// The EDC of `pairs` (LFW's, scored by any model) with each pair's quality
-/// the lower of its crops' norms under `lfw`'s model (blur baseline: their
-/// Laplacian variance).
-fn lfw_edc_of(lfw: &LfwScores, pairs: &[Scored]) -> Edc {
-    let norms: Vec<f64> = lfw.features.iter().map(|f| norm(f)).collect();
-    let blur: Vec<f64> = (0..lfw.cache.len())
-        .map(|i| laplacian_variance(&lfw.cache.crop(i)))
-        .collect();
-    let pair_min = |q: &[f64]| -> Vec<f64> { lfw.crops.iter().map(|&[a, b]| q[a].min(q[b])).collect() };
-    edc(pairs, &pair_min(&norms), &pair_min(&blur))
+    Some(quality.edc(&pairs))
 }
 
 /// LFW 10-fold verification of a model.
@@ -329,7 +346,8 @@ fn crops_cache(crops: &[RgbImage]) -> Cache {
 pub fn quality(model: &Model, data: &Path, cache_dir: &Path, degraded_images: usize) -> Result<QualityReport> {
     let lfw = lfw_scores(model, data, cache_dir, false)?;
     let norms: Vec<f64> = lfw.features.iter().map(|f| norm(f)).collect();
-    let (edc, server_edc) = (lfw_edc(&lfw), server_edc(&lfw));
+    let pair_quality = PairQuality::of(&lfw);
+    let (edc, server_edc) = (pair_quality.edc(&lfw.pairs), server_edc(&lfw, &pair_quality));
 
     let glint = Cache::load(cache_dir, "glint24")?;
     let clean: Vec<RgbImage> = glint.spread(degraded_images).map(|i| glint.crop(i)).collect();
@@ -433,7 +451,7 @@ mod tests {
             features,
         };
         assert_eq!(lfw_edc(&lfw).fnmr, 0.0);
-        let server = server_edc(&lfw).unwrap();
+        let server = server_edc(&lfw, &PairQuality::of(&lfw)).unwrap();
         assert!((server.fnmr - 0.2).abs() < 1e-9, "{}", server.fnmr);
         // Discarding 10 % (pair 0, the lowest norm) removes the teacher's failure.
         let at10 = server.points.iter().find(|p| p.discard_percent == 10).unwrap();
@@ -446,7 +464,7 @@ mod tests {
             },
             ..lfw
         };
-        assert!(server_edc(&no_teacher).is_none());
+        assert!(server_edc(&no_teacher, &PairQuality::of(&no_teacher)).is_none());
     }
 
     #[test]
