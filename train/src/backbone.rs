@@ -100,8 +100,13 @@ pub(crate) struct ConvUnit {
 
 impl ConvUnit {
     pub(crate) fn new(c_in: usize, c_out: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
+        Self::with_gain(c_in, c_out, stride, 1.0, vb)
+    }
+
+    /// A unit whose initial weights are `gain` times He's.
+    fn with_gain(c_in: usize, c_out: usize, stride: usize, gain: f64, vb: VarBuilder) -> Result<Self> {
         // He initialisation for PReLU with slope 0.25.
-        let std = (2.0 / (9.0 * c_in as f64 * (1.0 + 0.25 * 0.25))).sqrt();
+        let std = gain * (2.0 / (9.0 * c_in as f64 * (1.0 + 0.25 * 0.25))).sqrt();
         let weight = vb.get_with_hints((c_out, c_in, 3, 3), "weight", Init::Randn { mean: 0.0, stdev: std })?;
         let bias = vb.get_with_hints(c_out, "bias", Init::Const(0.0))?;
         let slope = vb.pp("prelu").get_with_hints(c_out, "weight", Init::Const(0.25))?;
@@ -142,12 +147,17 @@ impl Backbone {
         for (s, (&width, &units)) in config.widths.iter().zip(&config.units).enumerate() {
             let vs = vb.pp(format!("stage{s}"));
             let down = ConvUnit::new(c, width, 2, vs.pp("down"))?;
+            // Each residual unit adds its branch's variance to the stage's;
+            // scaling the branch's last conv by 1/sqrt(units) keeps a deeper
+            // stage's output scale at init near a one-unit stage's. One unit:
+            // gain 1 (the shipped network's init is unchanged).
+            let branch_gain = 1.0 / (units.max(1) as f64).sqrt();
             let residual = (0..units)
                 .map(|u| {
                     let vu = vs.pp(format!("unit{u}"));
                     Ok((
                         ConvUnit::new(width, width, 1, vu.pp("a"))?,
-                        ConvUnit::new(width, width, 1, vu.pp("b"))?,
+                        ConvUnit::with_gain(width, width, 1, branch_gain, vu.pp("b"))?,
                     ))
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -218,6 +228,34 @@ mod tests {
             * (4 * 27 * 168 + 8 * 36 * 42 + 2 * 8 * 72 * 42 + 8 * 72 * 12 + 16 * 72 * 4 + 4 * 16 * 144 * 4)
             + 2 * 64 * 10;
         assert_eq!(config.forward_flops(), expected as u64);
+    }
+
+    /// Mean feature norm of a freshly built network on fixed random crops.
+    fn initial_feature_norm(units: [usize; 3]) -> f32 {
+        let config = tiny_backbone([16, 16, 16], units, 8);
+        let vars = VarMap::new();
+        let vb = crate::vars::SeededVars::builder(&vars, 3, &Device::Cpu);
+        let net = Backbone::new(config, ConvImpl::Fast, vb).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (8, 3, 28, 24), &Device::Cpu).unwrap();
+        let f = net.forward(&x).unwrap();
+        f.sqr()
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn deeper_stages_start_at_the_scale_of_one_unit() {
+        // At He scale every unit doubles the variance: four units per stage
+        // started 7.6 times larger in norm than one unit here.
+        let (one, four) = (initial_feature_norm([1, 1, 1]), initial_feature_norm([4, 4, 4]));
+        assert!(four / one < 3.0, "one unit {one}, four units {four}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::backbone::Backbone;
 use crate::datasets;
 use crate::degrade::Degradation;
 use crate::prepare::{Cache, CROP};
-use crate::quality::{edc, laplacian_variance, spearman, Edc};
+use crate::quality::{edc, laplacian_variance, mean_within_item_spearman, pooled_spearman, spearman, Edc};
 use crate::train::{load_backbone, student_input};
 use crate::verify::{auc, lfw_report, LfwReport, Scored};
 use normgate_core::norm::cosine;
@@ -252,6 +252,10 @@ pub struct FamilyReport {
     pub mean_norms: Vec<f64>,
     /// Spearman of severity (0 = clean) against norm, pooled over images.
     pub spearman: f64,
+    /// Mean over images of each image's own Spearman of severity against
+    /// norm: whether a worse copy of the same face gets a lower norm, as a
+    /// gate choosing among one person's frames needs.
+    pub within_face_spearman: f64,
 }
 
 /// Everything `eval quality` measures.
@@ -359,23 +363,25 @@ pub fn quality(model: &Model, data: &Path, cache_dir: &Path, degraded_images: us
     let mut rng = StdRng::seed_from_u64(7);
     let mut degradation = Vec::new();
     for (family, levels) in Degradation::protocol() {
-        let (mut severity, mut all_norms) = (vec![0.0; clean.len()], clean_norms.clone());
-        let mut mean_norms = vec![clean_norms.iter().sum::<f64>() / clean.len() as f64];
-        for (level, d) in levels.iter().enumerate() {
+        let mut by_severity = vec![clean_norms.clone()];
+        for d in &levels {
             let crops: Vec<RgbImage> = clean.iter().map(|c| d.apply(c, &mut rng)).collect();
-            let n: Vec<f64> = model
-                .features(&crops_cache(&crops), false)?
-                .iter()
-                .map(|f| norm(f))
-                .collect();
-            mean_norms.push(n.iter().sum::<f64>() / n.len() as f64);
-            severity.extend(std::iter::repeat_n((level + 1) as f64, n.len()));
-            all_norms.extend(n);
+            by_severity.push(
+                model
+                    .features(&crops_cache(&crops), false)?
+                    .iter()
+                    .map(|f| norm(f))
+                    .collect(),
+            );
         }
         degradation.push(FamilyReport {
             family: family.into(),
-            mean_norms,
-            spearman: spearman(&severity, &all_norms),
+            mean_norms: by_severity
+                .iter()
+                .map(|n| n.iter().sum::<f64>() / n.len() as f64)
+                .collect(),
+            spearman: pooled_spearman(&by_severity),
+            within_face_spearman: mean_within_item_spearman(&by_severity),
         });
     }
 

@@ -44,6 +44,34 @@ pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
     cov / (vx * vy).sqrt().max(f64::MIN_POSITIVE)
 }
 
+/// Spearman of severity against value over every (item, severity), where
+/// `by_severity[k]` holds every item's value at severity `k` (0 = clean).
+pub fn pooled_spearman(by_severity: &[Vec<f64>]) -> f64 {
+    let (severity, values): (Vec<f64>, Vec<f64>) = by_severity
+        .iter()
+        .enumerate()
+        .flat_map(|(k, level)| level.iter().map(move |&v| (k as f64, v)))
+        .unzip();
+    spearman(&severity, &values)
+}
+
+/// Mean over items of the Spearman correlation of severity against value,
+/// where `by_severity[k][i]` is item `i`'s value at severity `k` (0 =
+/// clean): how reliably a worse copy of the same face ranks lower, apart
+/// from how faces differ from each other, which the pooled figure also
+/// counts. An item whose values are all equal counts 0.
+pub fn mean_within_item_spearman(by_severity: &[Vec<f64>]) -> f64 {
+    let items = by_severity.first().map_or(0, Vec::len);
+    let severity: Vec<f64> = (0..by_severity.len()).map(|k| k as f64).collect();
+    let total: f64 = (0..items)
+        .map(|i| {
+            let values: Vec<f64> = by_severity.iter().map(|level| level[i]).collect();
+            spearman(&severity, &values)
+        })
+        .sum();
+    total / items.max(1) as f64
+}
+
 /// One point of an EDC curve.
 #[derive(Debug, Clone, Serialize)]
 pub struct EdcPoint {
@@ -149,6 +177,20 @@ mod tests {
         assert_eq!(ranks(&[5.0, 1.0, 5.0, 3.0]), [3.5, 1.0, 3.5, 2.0]);
         // Ranks x (1,2,3,4), y (1,3,2,4): 1 - 6·2 / (4·15) = 0.8.
         assert!((spearman(&[1.0, 2.0, 3.0, 4.0], &[1.0, 3.0, 2.0, 4.0]) - 0.8).abs() < 1e-12);
+    }
+
+    #[test]
+    fn within_item_spearman_ignores_how_items_differ() {
+        // Each item falls with severity, but the items' levels overlap, so
+        // the pooled figure is weak and the within-item one is -1.
+        let by_severity = vec![vec![10.0, 20.0], vec![9.0, 19.0], vec![8.0, 18.0]];
+        assert!((mean_within_item_spearman(&by_severity) + 1.0).abs() < 1e-12);
+        // Pooled ranks by hand: severity deviations -2,-2,0,0,2,2 against
+        // value-rank deviations -0.5,2.5,-1.5,1.5,-2.5,0.5.
+        assert!((pooled_spearman(&by_severity) + 8.0 / 280f64.sqrt()).abs() < 1e-12);
+        // One item rises, one falls, one stays: the mean is 0.
+        let mixed = vec![vec![1.0, 2.0, 5.0], vec![2.0, 1.0, 5.0]];
+        assert!(mean_within_item_spearman(&mixed).abs() < 1e-12);
     }
 
     #[test]
