@@ -130,11 +130,41 @@ impl ConvUnit {
     }
 }
 
+/// A stage's residual units, each `x + b(a(x))` with two 3x3 convs (PReLU
+/// after both); the backbone, detector and refiner share them.
+pub(crate) struct ResidualUnits(Vec<(ConvUnit, ConvUnit)>);
+
+impl ResidualUnits {
+    /// `units` units of `width` channels, named `unit{u}.a` and `unit{u}.b`
+    /// under `vb`; each branch's last conv starts at `branch_gain` times
+    /// He's scale.
+    pub(crate) fn new(width: usize, units: usize, branch_gain: f64, vb: &VarBuilder) -> Result<Self> {
+        let units = (0..units)
+            .map(|u| {
+                let vu = vb.pp(format!("unit{u}"));
+                Ok((
+                    ConvUnit::new(width, width, 1, vu.pp("a"))?,
+                    ConvUnit::with_gain(width, width, 1, branch_gain, vu.pp("b"))?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self(units))
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, conv: ConvImpl) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (a, b) in &self.0 {
+            x = (&x + b.forward(&a.forward(&x, conv)?, conv)?)?;
+        }
+        Ok(x)
+    }
+}
+
 /// The backbone: input `[B, 3, height, width]`, output `[B, feature_dim]`.
 pub struct Backbone {
     config: BackboneConfig,
     /// Stem and each stage's stride-2 convolution, followed by that stage's residual units.
-    stages: Vec<(ConvUnit, Vec<(ConvUnit, ConvUnit)>)>,
+    stages: Vec<(ConvUnit, ResidualUnits)>,
     fc5: Linear,
     conv: ConvImpl,
 }
@@ -142,7 +172,8 @@ pub struct Backbone {
 impl Backbone {
     /// Builds (or loads, through `vb`) the network.
     pub fn new(config: BackboneConfig, conv: ConvImpl, vb: VarBuilder) -> Result<Self> {
-        let mut stages = vec![(ConvUnit::new(3, config.stem, 2, vb.pp("stem"))?, Vec::new())];
+        let stem = ConvUnit::new(3, config.stem, 2, vb.pp("stem"))?;
+        let mut stages = vec![(stem, ResidualUnits(Vec::new()))];
         let mut c = config.stem;
         for (s, (&width, &units)) in config.widths.iter().zip(&config.units).enumerate() {
             let vs = vb.pp(format!("stage{s}"));
@@ -152,15 +183,7 @@ impl Backbone {
             // stage's output scale at init near a one-unit stage's. One unit:
             // gain 1 (the shipped network's init is unchanged).
             let branch_gain = 1.0 / (units.max(1) as f64).sqrt();
-            let residual = (0..units)
-                .map(|u| {
-                    let vu = vs.pp(format!("unit{u}"));
-                    Ok((
-                        ConvUnit::new(width, width, 1, vu.pp("a"))?,
-                        ConvUnit::with_gain(width, width, 1, branch_gain, vu.pp("b"))?,
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let residual = ResidualUnits::new(width, units, branch_gain, &vs)?;
             stages.push((down, residual));
             c = width;
         }
@@ -182,10 +205,7 @@ impl Backbone {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut x = x.clone();
         for (down, units) in &self.stages {
-            x = down.forward(&x, self.conv)?;
-            for (a, b) in units {
-                x = (&x + b.forward(&a.forward(&x, self.conv)?, self.conv)?)?;
-            }
+            x = units.forward(&down.forward(&x, self.conv)?, self.conv)?;
         }
         self.fc5.forward(&x.flatten_from(1)?)
     }

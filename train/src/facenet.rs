@@ -10,7 +10,7 @@
 use candle_core::{Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
-use crate::backbone::{ConvImpl, ConvUnit};
+use crate::backbone::{ConvImpl, ConvUnit, ResidualUnits};
 use crate::conv::{conv2d, ConvParams};
 
 /// Depth and width of the detector.
@@ -141,7 +141,7 @@ impl LevelHeads {
 pub struct FaceNet {
     conv: ConvImpl,
     /// Each stride-2 layer with its residual units.
-    layers: Vec<(ConvUnit, Vec<(ConvUnit, ConvUnit)>)>,
+    layers: Vec<(ConvUnit, ResidualUnits)>,
     /// Per level, the loc, conf and landmark heads.
     heads: Vec<LevelHeads>,
 }
@@ -157,12 +157,9 @@ impl FaceNet {
         let mut layers = Vec::new();
         let mut c = 3;
         for (i, (&w, &units)) in config.widths.iter().zip(&config.units).enumerate() {
-            let residual = (0..units)
-                .map(|u| {
-                    let vu = vb.pp(format!("stage{i}.unit{u}"));
-                    Ok((ConvUnit::new(w, w, 1, vu.pp("a"))?, ConvUnit::new(w, w, 1, vu.pp("b"))?))
-                })
-                .collect::<Result<Vec<_>>>()?;
+            // He's scale in every branch (gain 1): the detector's and the
+            // refiner's recorded runs were trained from it.
+            let residual = ResidualUnits::new(w, units, 1.0, &vb.pp(format!("stage{i}")))?;
             layers.push((ConvUnit::new(c, w, 2, vb.pp(format!("down{i}")))?, residual));
             c = w;
         }
@@ -186,10 +183,7 @@ impl FaceNet {
         let mut x = x.clone();
         let mut levels = Vec::new();
         for (i, (down, units)) in self.layers.iter().enumerate() {
-            x = down.forward(&x, self.conv)?;
-            for (a, b) in units {
-                x = (&x + b.forward(&a.forward(&x, self.conv)?, self.conv)?)?;
-            }
+            x = units.forward(&down.forward(&x, self.conv)?, self.conv)?;
             if i >= 2 {
                 levels.push(x.clone());
             }
