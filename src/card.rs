@@ -51,12 +51,33 @@ pub struct ModelCard {
 pub struct RefinerCard {
     /// Name of the output `[batch, 10]`: the five points (x, y) as shares of the crop side.
     pub output: String,
-    /// Side of the square crop as a multiple of the detected box's longer side.
-    pub expand: f32,
+    /// What the crop is cut around.
+    #[serde(default)]
+    pub crop: RefinerCrop,
+    /// Box crops: side of the square crop as a multiple of the detected box's longer side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expand: Option<f32>,
     /// Also read the mirrored crop and average the two readings (twice the
     /// compute; the gain is measured in models/MODELS.md).
     #[serde(default)]
     pub mirror: bool,
+    /// A refiner (path relative to this card's folder) that reads the face
+    /// again around this one's points; it must cut landmark crops, and may
+    /// name a next one in turn (four readings at most).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<PathBuf>,
+}
+
+/// What a landmark refiner's crop is cut around.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RefinerCrop {
+    /// A square around the detected box (`expand` times its longer side).
+    #[default]
+    Box,
+    /// The square that puts the points found so far at fixed places
+    /// ([`crate::landmarks::ALIGNED_SHARES`]): upright, one scale.
+    Landmarks,
 }
 
 /// How to read an embedder.
@@ -162,8 +183,13 @@ impl ModelCard {
                 if self.width != self.height {
                     bail!("a refiner's input must be square, not {}x{}", self.width, self.height);
                 }
-                if !(r.expand >= 1.0 && r.expand <= 4.0) {
-                    bail!("refiner expand must be in [1, 4], not {}", r.expand);
+                match (r.crop, r.expand) {
+                    (RefinerCrop::Box, Some(e)) if (1.0..=4.0).contains(&e) => {}
+                    (RefinerCrop::Box, e) => bail!("a box refiner needs expand in [1, 4], not {e:?}"),
+                    (RefinerCrop::Landmarks, None) => {}
+                    (RefinerCrop::Landmarks, Some(_)) => {
+                        bail!("expand is for box refiners; a landmark refiner's crop is fixed")
+                    }
                 }
             }
             _ => bail!("a card needs exactly one of the sections [embedder], [detector] and [refiner]"),
@@ -261,7 +287,13 @@ mod tests {
         let square: ModelCard = toml::from_str(&refiner("height = 96", "1.25")).unwrap();
         square.validate().unwrap();
         assert!(err(&refiner("height = 112", "1.25")).contains("must be square"));
-        assert!(err(&refiner("height = 96", "0.5")).contains("expand must be in [1, 4]"));
+        assert!(err(&refiner("height = 96", "0.5")).contains("needs expand in [1, 4]"));
+        let landmarks = refiner("height = 96", "1.25").replace("expand = 1.25", "crop = \"landmarks\"");
+        let aligned: ModelCard = toml::from_str(&landmarks).unwrap();
+        aligned.validate().unwrap();
+        assert_eq!(aligned.refiner.unwrap().crop, RefinerCrop::Landmarks);
+        assert!(err(&format!("{landmarks}expand = 1.25\n")).contains("expand is for box refiners"));
+        assert!(err(&landmarks.replace("\ncrop = \"landmarks\"", "")).contains("needs expand"));
         assert!(err(&format!("{EMBEDDER}[refiner]\noutput = \"x\"\nexpand = 1.2\n")).contains("exactly one"));
     }
 }

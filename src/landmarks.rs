@@ -9,21 +9,30 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
-use normgate_core::align::{warp_rgb8, Landmarks, Similarity};
+use normgate_core::align::{estimate_similarity, warp_rgb8, Landmarks, Similarity};
 
-use crate::card::{check_model, ModelCard};
+use crate::card::{check_model, ModelCard, RefinerCrop};
 use crate::detector::{DetectParams, Detector, Face};
 use crate::runtime::Network;
 
-/// The square part of a frame a refiner sees: top-left corner and side, in frame pixels.
+/// Where a pose-normalised crop ([`Region::on_landmarks`]) puts the five
+/// points, as shares of its side: the eyes 0.35 apart, mouth corners and
+/// nose in SphereFace's template proportions, mirror-symmetric so that a
+/// mirrored crop is again such a crop, with a margin for points that stray.
+pub const ALIGNED_SHARES: Landmarks = [
+    [0.325, 0.36],
+    [0.675, 0.36],
+    [0.5, 0.56],
+    [0.355, 0.765],
+    [0.645, 0.765],
+];
+
+/// The square part of a frame a refiner sees: the map from shares of the
+/// crop's side (`[0, 1]` on each axis) to frame pixels. A box region is
+/// axis-aligned; a landmark region is turned and scaled to the face's pose.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Region {
-    /// Left edge.
-    pub x: f32,
-    /// Top edge.
-    pub y: f32,
-    /// Side.
-    pub side: f32,
+    to_frame: Similarity,
 }
 
 impl Region {
@@ -32,24 +41,42 @@ impl Region {
         let [x1, y1, x2, y2] = bbox;
         let side = (x2 - x1).max(y2 - y1) * expand;
         Self {
-            x: (x1 + x2 - side) / 2.0,
-            y: (y1 + y2 - side) / 2.0,
-            side,
+            to_frame: Similarity {
+                a: side,
+                b: 0.0,
+                tx: (x1 + x2 - side) / 2.0,
+                ty: (y1 + y2 - side) / 2.0,
+            },
         }
+    }
+
+    /// The square that puts `points` where [`ALIGNED_SHARES`] are (least
+    /// squares), so a second reading sees every face upright and at one scale.
+    pub fn on_landmarks(points: &Landmarks) -> Result<Self> {
+        let to_frame = estimate_similarity(&ALIGNED_SHARES, points).context("no crop on these landmarks")?;
+        Ok(Self { to_frame })
+    }
+
+    /// The region's side in frame pixels.
+    pub fn side(&self) -> f32 {
+        self.to_frame.scale()
     }
 
     /// The region resampled (bilinear) to `size x size`; outside the frame is black.
     pub fn crop(&self, image: &RgbImage, size: u32) -> Result<RgbImage> {
-        if !(self.side > 0.0 && self.side.is_finite()) || size == 0 {
-            bail!("cannot crop a region of side {} to {size} px", self.side);
+        let side = self.side();
+        if !(side > 0.0 && side.is_finite()) || size == 0 {
+            bail!("cannot crop a region of side {side} to {size} px");
         }
-        let scale = self.side / size as f32;
-        // Output pixel centres map onto the region's pixel centres.
+        // Output pixel centres map onto the region's pixel centres (pixel
+        // `o` spans shares `[o, o + 1] / size`; frame pixel `i` spans `[i, i + 1]`).
+        let Similarity { a, b, tx, ty } = self.to_frame;
+        let n = size as f32;
         let to_image = Similarity {
-            a: scale,
-            b: 0.0,
-            tx: self.x + 0.5 * scale - 0.5,
-            ty: self.y + 0.5 * scale - 0.5,
+            a: a / n,
+            b: b / n,
+            tx: tx + 0.5 * (a - b) / n - 0.5,
+            ty: ty + 0.5 * (a + b) / n - 0.5,
         };
         let mut out = vec![0u8; (size * size * 3) as usize];
         warp_rgb8(
@@ -65,13 +92,14 @@ impl Region {
     }
 
     /// A frame point as shares of the region's side (what a refiner outputs).
-    pub fn to_shares(&self, [x, y]: [f32; 2]) -> [f32; 2] {
-        [(x - self.x) / self.side, (y - self.y) / self.side]
+    pub fn to_shares(&self, p: [f32; 2]) -> [f32; 2] {
+        // A region of zero side has no shares (its crop is refused too).
+        self.to_frame.inverse().map_or([f32::NAN; 2], |t| t.apply(p))
     }
 
     /// Shares of the region's side back to a frame point.
-    pub fn from_shares(&self, [u, v]: [f32; 2]) -> [f32; 2] {
-        [self.x + u * self.side, self.y + v * self.side]
+    pub fn from_shares(&self, s: [f32; 2]) -> [f32; 2] {
+        self.to_frame.apply(s)
     }
 }
 
@@ -79,17 +107,53 @@ impl Region {
 /// swap (point `k` of a mirrored face is point `MIRRORED[k]` of the face).
 pub const MIRRORED: [usize; 5] = [1, 0, 2, 4, 3];
 
-/// A loaded landmark refiner.
+/// A loaded landmark refiner, with the refiner that reads its points again, if any.
 pub struct Refiner {
     network: Network,
     card: ModelCard,
+    crop: RefinerCrop,
     expand: f32,
     mirror: bool,
+    next: Option<Box<Refiner>>,
 }
 
 impl Refiner {
-    /// Loads a model and its card (a `[refiner]` section).
+    /// Loads a model and its card (a `[refiner]` section), and the chain of
+    /// refiners its card names as `next` (each must cut landmark crops).
     pub fn load(model: &Path, card: &Path) -> Result<Self> {
+        Self::load_chain(model, card, 1)
+    }
+
+    /// The longest chain of readings a card may name (a loop of `next` stops here).
+    const MAX_READINGS: usize = 4;
+
+    fn load_chain(model: &Path, card: &Path, position: usize) -> Result<Self> {
+        let mut refiner = Self::load_one(model, card)?;
+        let Some(next) = refiner.card.refiner.as_ref().and_then(|r| r.next.clone()) else {
+            return Ok(refiner);
+        };
+        if position == Self::MAX_READINGS {
+            bail!(
+                "{}: more than {} refiners in a chain (does a card's next lead back?)",
+                card.display(),
+                Self::MAX_READINGS
+            );
+        }
+        let next = card.parent().unwrap_or(Path::new(".")).join(next);
+        check_model(&next, "next landmark refiner", "refiner")
+            .with_context(|| format!("the next refiner of {}", card.display()))?;
+        let second = Self::load_chain(&next, &ModelCard::path_for(&next), position + 1)?;
+        if second.crop != RefinerCrop::Landmarks {
+            bail!(
+                "{}: a next refiner must cut landmark crops (crop = \"landmarks\")",
+                next.display()
+            );
+        }
+        refiner.next = Some(Box::new(second));
+        Ok(refiner)
+    }
+
+    fn load_one(model: &Path, card: &Path) -> Result<Self> {
         let card = ModelCard::load(card)?;
         let Some(r) = card.refiner.clone() else {
             bail!("{} is not a landmark refiner's card", model.display());
@@ -99,19 +163,24 @@ impl Refiner {
         Ok(Self {
             network,
             card,
-            expand: r.expand,
+            crop: r.crop,
+            expand: r.expand.unwrap_or(1.0),
             mirror: r.mirror,
+            next: None,
         })
     }
 
-    /// The crop a face's landmarks are read from.
-    pub fn region(&self, face: &Face) -> Region {
-        Region::around(face.bbox, self.expand)
+    /// The crop a face's landmarks are read from (for landmark crops, around the face's current points).
+    pub fn region(&self, face: &Face) -> Result<Region> {
+        match self.crop {
+            RefinerCrop::Box => Ok(Region::around(face.bbox, self.expand)),
+            RefinerCrop::Landmarks => Region::on_landmarks(&face.landmarks),
+        }
     }
 
-    /// The five landmarks of the face in `face`'s box.
+    /// The five landmarks of the face in `face`'s box (read again by the next refiner, if any).
     pub fn landmarks(&self, image: &RgbImage, face: &Face) -> Result<Landmarks> {
-        let region = self.region(face);
+        let region = self.region(face)?;
         let crop = region.crop(image, self.card.width)?;
         let mut shares = self.shares(&crop)?;
         if self.mirror {
@@ -121,7 +190,17 @@ impl Refiner {
                 *s = [(s[0] + 1.0 - u) / 2.0, (s[1] + v) / 2.0];
             }
         }
-        Ok(shares.map(|s| region.from_shares(s)))
+        let points = shares.map(|s| region.from_shares(s));
+        match &self.next {
+            Some(next) => next.landmarks(
+                image,
+                &Face {
+                    landmarks: points,
+                    ..*face
+                },
+            ),
+            None => Ok(points),
+        }
     }
 
     /// The network's five points on a crop, as shares of its side.
@@ -195,6 +274,12 @@ mod tests {
     #[test]
     fn the_shipped_refiner_places_the_points_on_the_sample_face() {
         let locator = Locator::load(&shipped("detector.onnx"), &shipped("refiner.onnx")).unwrap();
+        let second = locator.refiner.as_ref().and_then(|r| r.next.as_deref());
+        assert_eq!(
+            second.map(|r| r.crop),
+            Some(RefinerCrop::Landmarks),
+            "the shipped card chains the second reading"
+        );
         let image = image::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/astronaut.png"))
             .unwrap()
             .to_rgb8();
@@ -264,6 +349,70 @@ mod tests {
     }
 
     #[test]
+    fn a_next_refiner_reads_the_points_again_and_must_cut_landmark_crops() {
+        // The shipped network stands in for both stages: only the chaining is under test.
+        let dir = std::env::temp_dir().join(format!("normgate-refiner-chain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // The shipped first reading's card without its own next.
+        let card: String = std::fs::read_to_string(shipped("refiner.toml"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("next"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::copy(shipped("refiner.onnx"), dir.join("first.onnx")).unwrap();
+        std::fs::copy(shipped("refiner.onnx"), dir.join("second.onnx")).unwrap();
+        std::fs::write(dir.join("first.toml"), format!("{card}next = \"second.onnx\"\n")).unwrap();
+        let landmark_card = card.replace("expand = 1.25", "crop = \"landmarks\"");
+        std::fs::write(dir.join("second.toml"), &landmark_card).unwrap();
+        let image = image::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/astronaut.png"))
+            .unwrap()
+            .to_rgb8();
+        let face = Face {
+            bbox: [180.0, 40.0, 320.0, 220.0],
+            score: 1.0,
+            landmarks: [[0.0; 2]; 5],
+        };
+        std::fs::write(dir.join("alone.toml"), &card).unwrap();
+        let first_alone = Refiner::load(&dir.join("first.onnx"), &dir.join("alone.toml")).unwrap();
+        let second_alone = Refiner::load(&dir.join("second.onnx"), &dir.join("second.toml")).unwrap();
+        let chain = Refiner::load(&dir.join("first.onnx"), &dir.join("first.toml")).unwrap();
+        let first = first_alone.landmarks(&image, &face).unwrap();
+        let expected = second_alone
+            .landmarks(
+                &image,
+                &Face {
+                    landmarks: first,
+                    ..face
+                },
+            )
+            .unwrap();
+        assert_eq!(chain.landmarks(&image, &face).unwrap(), expected);
+        assert_ne!(expected, first);
+        // A loop of next refiners, a box refiner as the next one, and a missing one are refused at load.
+        std::fs::write(
+            dir.join("second.toml"),
+            format!("{landmark_card}next = \"second.onnx\"\n"),
+        )
+        .unwrap();
+        let err = Refiner::load(&dir.join("first.onnx"), &dir.join("first.toml"))
+            .err()
+            .unwrap();
+        assert!(format!("{err:#}").contains("more than 4 refiners"), "{err:#}");
+        std::fs::write(dir.join("second.toml"), &card).unwrap();
+        let err = Refiner::load(&dir.join("first.onnx"), &dir.join("first.toml"))
+            .err()
+            .unwrap();
+        assert!(format!("{err:#}").contains("must cut landmark crops"), "{err:#}");
+        std::fs::remove_file(dir.join("second.onnx")).unwrap();
+        let err = Refiner::load(&dir.join("first.onnx"), &dir.join("first.toml"))
+            .err()
+            .unwrap();
+        assert!(format!("{err:#}").contains("not found"), "{err:#}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn a_missing_model_says_what_to_set() {
         let missing = Path::new("no/such.onnx");
         let err = Locator::load(missing, Path::new("none")).err().unwrap().to_string();
@@ -278,33 +427,57 @@ mod tests {
     #[test]
     fn a_region_is_a_square_centred_on_the_box() {
         let r = Region::around([10.0, 20.0, 50.0, 100.0], 1.5);
-        assert_eq!(r.side, 120.0);
-        assert_eq!((r.x + r.side / 2.0, r.y + r.side / 2.0), (30.0, 60.0));
+        assert_eq!(r.side(), 120.0);
+        assert_eq!(r.from_shares([0.5, 0.5]), [30.0, 60.0]);
         let p = [37.5, 81.0];
         let back = r.from_shares(r.to_shares(p));
         assert!((back[0] - p[0]).abs() < 1e-4 && (back[1] - p[1]).abs() < 1e-4);
     }
 
     #[test]
+    fn a_landmark_region_puts_the_points_where_the_aligned_crop_wants_them() {
+        // A face turned by 30 degrees, eyes 40 px apart: its own points land on the shares.
+        let (angle, scale) = (30f32.to_radians(), 40.0 / 0.35);
+        let turn = Similarity {
+            a: scale * angle.cos(),
+            b: scale * angle.sin(),
+            tx: 200.0,
+            ty: 150.0,
+        };
+        let points = ALIGNED_SHARES.map(|s| turn.apply(s));
+        let r = Region::on_landmarks(&points).unwrap();
+        assert!((r.side() - scale).abs() < 1e-2);
+        for (p, s) in points.iter().zip(ALIGNED_SHARES) {
+            let u = r.to_shares(*p);
+            assert!(
+                (u[0] - s[0]).abs() < 1e-5 && (u[1] - s[1]).abs() < 1e-5,
+                "{u:?} against {s:?}"
+            );
+        }
+        // A bright dot at the left eye shows in the crop where the share says.
+        let [ex, ey] = points[0];
+        let image = RgbImage::from_fn(400, 300, |x, y| {
+            let near = (x as f32 - ex).abs() <= 2.0 && (y as f32 - ey).abs() <= 2.0;
+            image::Rgb([if near { 255 } else { 0 }; 3])
+        });
+        let crop = r.crop(&image, 64).unwrap();
+        let [u, v] = ALIGNED_SHARES[0].map(|s| (s * 64.0) as u32);
+        assert!(crop.get_pixel(u, v)[0] > 100, "{:?}", crop.get_pixel(u, v));
+        assert!(Region::on_landmarks(&[[1.0, 1.0]; 5]).is_err());
+    }
+
+    #[test]
     fn a_crop_samples_the_region_at_its_pixel_centres() {
         // A horizontal ramp: value = 2 x column.
         let image = RgbImage::from_fn(100, 60, |x, _| image::Rgb([(2 * x) as u8, 0, 0]));
-        let region = Region {
-            x: 20.0,
-            y: 10.0,
-            side: 40.0,
-        };
+        let region = Region::around([20.0, 10.0, 60.0, 50.0], 1.0);
         let crop = region.crop(&image, 20).unwrap();
         // Output pixel 0 covers frame columns 20 and 21 (their mean: 41), pixel 19 columns 58 and 59 (117).
         assert_eq!(crop.get_pixel(0, 5)[0], 41);
         assert_eq!(crop.get_pixel(19, 5)[0], 117);
         // Outside the frame is black.
-        let off = Region {
-            x: -50.0,
-            y: 0.0,
-            side: 40.0,
-        };
+        let off = Region::around([-50.0, 0.0, -10.0, 40.0], 1.0);
         assert_eq!(off.crop(&image, 10).unwrap().get_pixel(0, 0)[0], 0);
-        assert!(Region { side: 0.0, ..region }.crop(&image, 8).is_err());
+        assert!(Region::around([20.0, 10.0, 20.0, 10.0], 1.0).crop(&image, 8).is_err());
     }
 }

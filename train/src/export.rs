@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use candle_nn::VarMap;
-use normgate::card::{ChannelOrder, DetectorCard, EmbedderCard, ModelCard};
+use normgate::card::{ChannelOrder, DetectorCard, EmbedderCard, ModelCard, RefinerCrop};
 use prost::Message;
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
@@ -309,12 +309,14 @@ pub fn backbone_card(config: &BackboneConfig, recommended_threshold: Option<f32>
 /// asks for the mirrored reading too: trained on mirrored crops, the refiner
 /// errs differently on the mirror image, and the average cut the landmark
 /// error from 7.97 % to 7.67 % (models/MODELS.md) for a second 36-MFLOP run.
-pub fn refiner_card(config: &BackboneConfig, expand: f32) -> ModelCard {
+pub fn refiner_card(config: &BackboneConfig, crop: RefinerCrop, expand: f32) -> ModelCard {
     ModelCard {
         refiner: Some(normgate::card::RefinerCard {
             output: OUTPUT.into(),
-            expand,
+            crop,
+            expand: (crop == RefinerCrop::Box).then_some(expand),
             mirror: true,
+            next: None,
         }),
         ..rgb_card(config.width, config.height, 0)
     }
@@ -421,15 +423,25 @@ pub fn export_detector_run(run: &Path, path: &Path, frames: &[image::RgbImage]) 
     Ok(divergence.check(frames.len()))
 }
 
-/// Exports a landmark refiner run to `path` (and its card) and checks the
-/// written file against candle on the middle square of each of `frames`.
-pub fn export_refiner_run(run: &Path, path: &Path, frames: &[image::RgbImage]) -> Result<ExportCheck> {
+/// Exports a landmark refiner run to `path` (and its card, naming `next`
+/// as the refiner that reads its points again) and checks the written file
+/// against candle on the middle square of each of `frames`.
+pub fn export_refiner_run(
+    run: &Path,
+    path: &Path,
+    frames: &[image::RgbImage],
+    next: Option<std::path::PathBuf>,
+) -> Result<ExportCheck> {
     use candle_core::{Device, Tensor};
     let (net, map, config) = crate::landmark_train::load_refiner(run)?;
     let network = config.network.config();
+    let mut card = refiner_card(&network, config.crop, config.expand);
+    if let Some(r) = card.refiner.as_mut() {
+        r.next = next;
+    }
     write(
         &backbone_model(&network, &collect_weights(&map, "refiner")?)?,
-        &refiner_card(&network, config.expand),
+        &card,
         path,
     )?;
     let card = ModelCard::load(&ModelCard::path_for(path))?;
@@ -494,7 +506,13 @@ mod tests {
         let mut config = tiny_backbone([4, 6, 8], [1, 0, 1], 10);
         (config.height, config.width) = (32, 32);
         let path = std::env::temp_dir().join(format!("normgate-export-ref-{}/refiner.onnx", std::process::id()));
-        let (net, _) = exported_backbone(config, 5, "refiner", &refiner_card(&config, 1.25), &path);
+        let (net, _) = exported_backbone(
+            config,
+            5,
+            "refiner",
+            &refiner_card(&config, RefinerCrop::Box, 1.25),
+            &path,
+        );
         let refiner = Refiner::load(&path, &ModelCard::path_for(&path)).unwrap();
         let frame = image::RgbImage::from_fn(120, 90, |x, y| {
             image::Rgb([(x * 2) as u8, (y * 2) as u8, (x + y) as u8])

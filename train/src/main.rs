@@ -128,6 +128,10 @@ enum Command {
         /// The shared data folder (a detector's check frames).
         #[arg(long, default_value = "../shared/data")]
         data: PathBuf,
+        /// A box refiner's card names this landmark refiner (a file beside
+        /// it) as the one that reads its points again (the card's `next`).
+        #[arg(long)]
+        next: Option<PathBuf>,
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -288,6 +292,16 @@ struct TrainLandmarksArgs {
     /// Peak learning rate.
     #[arg(long, default_value_t = RefinerTrainConfig::default().schedule.lr)]
     lr: f64,
+    /// What the crop is cut around: the detected box (a first reading) or
+    /// the points found so far (a second reading, the card's `next`).
+    #[arg(long, value_enum, default_value = "box")]
+    crop: normgate::card::RefinerCrop,
+    /// Landmark crops: how far the starting points stray, as a share of the eyes' distance.
+    #[arg(long, default_value_t = RefinerTrainConfig::default().start_noise)]
+    start_noise: f32,
+    /// Share of crops cut at a low resolution and scaled up (as small faces look).
+    #[arg(long, default_value_t = RefinerTrainConfig::default().low_res)]
+    low_res: f32,
     /// Seed of weights and batches.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -711,6 +725,9 @@ fn train_landmarks(args: TrainLandmarksArgs) -> Result<()> {
         },
         batch: args.batch,
         seed: args.seed,
+        crop: args.crop,
+        start_noise: args.start_noise,
+        low_res: args.low_res,
         ..defaults
     };
     let scenes = training_scenes(&args.data, &args.cache, threads(args.threads))?;
@@ -728,16 +745,25 @@ fn export(
     out: &std::path::Path,
     cache: &std::path::Path,
     data: &std::path::Path,
+    next: Option<PathBuf>,
     json: bool,
 ) -> Result<()> {
     use normgate_train::export::{export_detector_run, export_refiner_run, export_run, refiner_card};
     use normgate_train::optim::read_config;
+    let refiner = read_config::<RefinerTrainConfig>(run).ok();
+    if next.is_some()
+        && refiner
+            .as_ref()
+            .is_none_or(|c| c.crop != normgate::card::RefinerCrop::Box)
+    {
+        anyhow::bail!("--next is for box refiner runs: {} is not one", run.display());
+    }
     let check = if let Ok(config) = read_config::<DetectorTrainConfig>(run) {
         let card = normgate_train::export::detector_card(&config.network, config.anchor_sizes);
         export_detector_run(run, out, &calibration_frames(data, cache, 16, &card)?)?
-    } else if let Ok(config) = read_config::<RefinerTrainConfig>(run) {
-        let card = refiner_card(&config.network.config(), config.expand);
-        export_refiner_run(run, out, &calibration_frames(data, cache, 16, &card)?)?
+    } else if let Some(config) = refiner {
+        let card = refiner_card(&config.network.config(), config.crop, config.expand);
+        export_refiner_run(run, out, &calibration_frames(data, cache, 16, &card)?, next)?
     } else {
         export_run(run, out, &prepare::Cache::load(cache, "lfw_train")?, 256)?
     };
@@ -1072,8 +1098,9 @@ fn main() -> ExitCode {
             out,
             cache,
             data,
+            next,
             json,
-        } => export(&run, &out, &cache, &data, json),
+        } => export(&run, &out, &cache, &data, next, json),
         Command::Dedup(args) => dedup(args),
         Command::Norms(args) => norms(args),
         Command::Curation(command) => curation_cli::run(command),
