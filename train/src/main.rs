@@ -711,6 +711,12 @@ fn train_landmarks(args: TrainLandmarksArgs) -> Result<()> {
             args.input
         );
     }
+    if !(0.0..=1.0).contains(&args.low_res) {
+        anyhow::bail!("--low-res {} must be a share in [0, 1]", args.low_res);
+    }
+    if !(args.start_noise >= 0.0 && args.start_noise.is_finite()) {
+        anyhow::bail!("--start-noise {} must be a finite share >= 0", args.start_noise);
+    }
     let defaults = RefinerTrainConfig::default();
     let config = RefinerTrainConfig {
         network: RefinerSpec {
