@@ -107,12 +107,20 @@ impl Region {
 /// swap (point `k` of a mirrored face is point `MIRRORED[k]` of the face).
 pub const MIRRORED: [usize; 5] = [1, 0, 2, 4, 3];
 
+/// Where a loaded refiner cuts its crop: the card's `crop` with its `expand`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum CropRule {
+    /// Around the detected box, `expand` times its longer side.
+    Box { expand: f32 },
+    /// Around the points found so far ([`Region::on_landmarks`]).
+    Landmarks,
+}
+
 /// A loaded landmark refiner, with the refiner that reads its points again, if any.
 pub struct Refiner {
     network: Network,
     card: ModelCard,
-    crop: RefinerCrop,
-    expand: f32,
+    crop: CropRule,
     mirror: bool,
     next: Option<Box<Refiner>>,
 }
@@ -143,7 +151,7 @@ impl Refiner {
         check_model(&next, "next landmark refiner", "refiner")
             .with_context(|| format!("the next refiner of {}", card.display()))?;
         let second = Self::load_chain(&next, &ModelCard::path_for(&next), position + 1)?;
-        if second.crop != RefinerCrop::Landmarks {
+        if second.crop != CropRule::Landmarks {
             bail!(
                 "{}: a next refiner must cut landmark crops (crop = \"landmarks\")",
                 next.display()
@@ -163,8 +171,11 @@ impl Refiner {
         Ok(Self {
             network,
             card,
-            crop: r.crop,
-            expand: r.expand.unwrap_or(1.0),
+            crop: match (r.crop, r.expand) {
+                (RefinerCrop::Box, Some(expand)) => CropRule::Box { expand },
+                (RefinerCrop::Box, None) => bail!("{}: a box refiner's card needs expand", model.display()),
+                (RefinerCrop::Landmarks, _) => CropRule::Landmarks,
+            },
             mirror: r.mirror,
             next: None,
         })
@@ -173,8 +184,8 @@ impl Refiner {
     /// The crop a face's landmarks are read from (for landmark crops, around the face's current points).
     pub fn region(&self, face: &Face) -> Result<Region> {
         match self.crop {
-            RefinerCrop::Box => Ok(Region::around(face.bbox, self.expand)),
-            RefinerCrop::Landmarks => Region::on_landmarks(&face.landmarks),
+            CropRule::Box { expand } => Ok(Region::around(face.bbox, expand)),
+            CropRule::Landmarks => Region::on_landmarks(&face.landmarks),
         }
     }
 
@@ -277,7 +288,7 @@ mod tests {
         let second = locator.refiner.as_ref().and_then(|r| r.next.as_deref());
         assert_eq!(
             second.map(|r| r.crop),
-            Some(RefinerCrop::Landmarks),
+            Some(CropRule::Landmarks),
             "the shipped card chains the second reading"
         );
         let image = image::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/astronaut.png"))
