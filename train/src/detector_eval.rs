@@ -58,6 +58,8 @@ pub struct Verification {
     pub fnmr: f64,
     /// FNMR after discarding 20 % of pairs by norm.
     pub fnmr_norm_20: f64,
+    /// 10th, 50th and 90th percentile of the crops' feature norms.
+    pub norm_percentiles: [f64; 3],
 }
 
 /// The end-to-end effect of the detector's landmarks on a backbone.
@@ -73,6 +75,10 @@ pub struct EndToEnd {
     pub accuracy_difference: f64,
     /// LFW images in which this detector found no face (aligned by the template fallback, as prepare does).
     pub no_face: usize,
+    /// The gate threshold for the backbone's card: the 10th percentile of
+    /// the norms of the crops this detector aligned (as the device aligns
+    /// them), so the gate keeps nine in ten faces of LFW's quality.
+    pub recommended_threshold: f64,
 }
 
 /// The report.
@@ -319,6 +325,7 @@ fn verification(lfw: &LfwScores) -> Verification {
             .iter()
             .find(|p| p.discard_percent == 20)
             .map_or(f64::NAN, |p| p.fnmr_norm),
+        norm_percentiles: lfw.norm_percentiles(),
     }
 }
 
@@ -377,6 +384,7 @@ fn end_to_end(
             Model::Teacher => "teacher".into(),
         },
         accuracy_difference: 100.0 * (detector_landmarks.accuracy - teacher_landmarks.accuracy),
+        recommended_threshold: detector_landmarks.norm_percentiles[0],
         teacher_landmarks,
         detector_landmarks,
         no_face,

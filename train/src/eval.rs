@@ -137,6 +137,19 @@ pub struct LfwScores {
     pub features: Vec<Vec<f32>>,
 }
 
+impl LfwScores {
+    /// The feature norm of each crop.
+    pub fn norms(&self) -> Vec<f64> {
+        self.features.iter().map(|f| norm(f)).collect()
+    }
+
+    /// 10th, 50th and 90th percentile of the crops' feature norms.
+    pub fn norm_percentiles(&self) -> [f64; 3] {
+        let norms = self.norms();
+        [0.1, 0.5, 0.9].map(|p| percentile(&norms, p))
+    }
+}
+
 /// The pairs of `pairs.txt`, scored by cosine of the model's features.
 pub fn lfw_scores(model: &Model, data: &Path, cache_dir: &Path, flip: bool) -> Result<LfwScores> {
     let pairs_file = data.join("lfw/pairs.txt");
@@ -192,7 +205,7 @@ pub struct PairQuality {
 impl PairQuality {
     /// The qualities of `lfw`'s pairs under its model.
     pub fn of(lfw: &LfwScores) -> Self {
-        let norms: Vec<f64> = lfw.features.iter().map(|f| norm(f)).collect();
+        let norms = lfw.norms();
         let blur: Vec<f64> = (0..lfw.cache.len())
             .map(|i| laplacian_variance(&lfw.cache.crop(i)))
             .collect();
@@ -270,11 +283,10 @@ pub struct QualityReport {
     pub degradation: Vec<FamilyReport>,
     /// ROC AUC of the norm, faces against non-faces.
     pub face_nonface_auroc: f64,
-    /// 10th, 50th and 90th percentile of the norms of the LFW images.
+    /// 10th, 50th and 90th percentile of the norms of the LFW images
+    /// (crops aligned from the teacher's landmarks; the card's threshold
+    /// comes from the device's own alignment: `eval detector --update-card`).
     pub lfw_norm_percentiles: [f64; 3],
-    /// The gate threshold for the model's card: the 10th percentile of the
-    /// LFW norms, so a gate keeps nine in ten faces of LFW's quality.
-    pub recommended_threshold: f64,
 }
 
 /// Writes `threshold` as the recommended gate threshold into an ONNX model's card.
@@ -349,7 +361,6 @@ fn crops_cache(crops: &[RgbImage]) -> Cache {
 /// Glint24 crops, faces against non-faces).
 pub fn quality(model: &Model, data: &Path, cache_dir: &Path, degraded_images: usize) -> Result<QualityReport> {
     let lfw = lfw_scores(model, data, cache_dir, false)?;
-    let norms: Vec<f64> = lfw.features.iter().map(|f| norm(f)).collect();
     let pair_quality = PairQuality::of(&lfw);
     let (edc, server_edc) = (pair_quality.edc(&lfw.pairs), server_edc(&lfw, &pair_quality));
 
@@ -408,14 +419,12 @@ pub fn quality(model: &Model, data: &Path, cache_dir: &Path, degraded_images: us
             score: norm(f) as f32,
         })
         .collect();
-    let lfw_norm_percentiles = [0.1, 0.5, 0.9].map(|p| percentile(&norms, p));
     Ok(QualityReport {
         edc,
         server_edc,
         degradation,
         face_nonface_auroc: auc(&scored),
-        lfw_norm_percentiles,
-        recommended_threshold: lfw_norm_percentiles[0],
+        lfw_norm_percentiles: lfw.norm_percentiles(),
     })
 }
 

@@ -391,6 +391,41 @@ struct ModelArgs {
     cache: PathBuf,
 }
 
+/// `eval detector`'s arguments.
+#[derive(clap::Args, Debug)]
+struct EvalDetectorArgs {
+    /// The detector .onnx (card beside it).
+    #[arg(long)]
+    model: PathBuf,
+    /// The shared data folder.
+    #[arg(long, default_value = "../shared/data")]
+    data: PathBuf,
+    /// Folder of the caches (`detector_labels.jsonl`, `lfw_pairs`).
+    #[arg(long, default_value = "cache")]
+    cache: PathBuf,
+    /// Backbone for the end-to-end LFW comparison (`none` skips it).
+    #[arg(long, default_value = "models/backbone.onnx")]
+    backbone: String,
+    /// Landmark refiner run after the detector (`none`: the detector's landmarks).
+    #[arg(long, default_value = "models/refiner.onnx")]
+    refiner: String,
+    /// Move each validation image this many pixels right and down on a
+    /// grey canvas before detecting (landmarks mapped back): how stable
+    /// a detector's landmarks are against the face's place on its anchor grid.
+    #[arg(long, default_value_t = 0)]
+    shift: u32,
+    /// Smallest face score kept (the device's default).
+    #[arg(long, default_value_t = normgate::detector::DetectParams::default().score_threshold)]
+    score_threshold: f32,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Write the recommended gate threshold (the 10th percentile of LFW
+    /// norms on the crops this detector aligned) into the backbone's card.
+    #[arg(long)]
+    update_card: bool,
+}
+
 #[derive(Subcommand, Debug)]
 enum EvalCommand {
     /// A dedup result against known duplicate identities: precision and
@@ -399,34 +434,7 @@ enum EvalCommand {
     /// A detector against the teacher's pseudo-labels on the validation
     /// split (recall by size, landmark NME), false positives on non-face
     /// images, and LFW through its landmarks against the teacher's.
-    Detector {
-        /// The detector .onnx (card beside it).
-        #[arg(long)]
-        model: PathBuf,
-        /// The shared data folder.
-        #[arg(long, default_value = "../shared/data")]
-        data: PathBuf,
-        /// Folder of the caches (`detector_labels.jsonl`, `lfw_pairs`).
-        #[arg(long, default_value = "cache")]
-        cache: PathBuf,
-        /// Backbone for the end-to-end LFW comparison (`none` skips it).
-        #[arg(long, default_value = "models/backbone.onnx")]
-        backbone: String,
-        /// Landmark refiner run after the detector (`none`: the detector's landmarks).
-        #[arg(long, default_value = "models/refiner.onnx")]
-        refiner: String,
-        /// Move each validation image this many pixels right and down on a
-        /// grey canvas before detecting (landmarks mapped back): how stable
-        /// a detector's landmarks are against the face's place on its anchor grid.
-        #[arg(long, default_value_t = 0)]
-        shift: u32,
-        /// Smallest face score kept (the device's default).
-        #[arg(long, default_value_t = normgate::detector::DetectParams::default().score_threshold)]
-        score_threshold: f32,
-        /// Print one JSON object on stdout.
-        #[arg(long)]
-        json: bool,
-    },
+    Detector(EvalDetectorArgs),
     /// Quality protocols: EDC on LFW (norm against random and blur
     /// discard), degradation ranking, face versus non-face AUROC. Prints JSON.
     Quality {
@@ -435,9 +443,6 @@ enum EvalCommand {
         /// Glint24 crops to degrade.
         #[arg(long, default_value_t = 200)]
         images: usize,
-        /// Write the measured recommended threshold into the .onnx model's card.
-        #[arg(long)]
-        update_card: bool,
     },
     /// Agreement of a model with a reference on the LFW crops: mean cosine
     /// of features, Spearman of norms (e.g. int8 against its fp32 export). Prints JSON.
@@ -790,17 +795,18 @@ fn export(
     })
 }
 
-fn eval_detector(
-    model: &std::path::Path,
-    data: &std::path::Path,
-    cache: &std::path::Path,
-    (backbone, refiner): (&str, &str),
-    shift: u32,
-    score_threshold: f32,
-    json: bool,
-) -> Result<()> {
+fn eval_detector(args: EvalDetectorArgs) -> Result<()> {
     use normgate::card::ModelCard;
-    let refiner = match refiner {
+    let backbone = match args.backbone.as_str() {
+        "none" => None,
+        spec => Some(eval::Model::parse(spec, None)?),
+    };
+    if args.update_card && !matches!(backbone, Some(eval::Model::Onnx(..))) {
+        anyhow::bail!(
+            "--update-card writes the backbone's card: give --backbone an .onnx model with its card beside it"
+        );
+    }
+    let refiner = match args.refiner.as_str() {
         "none" => None,
         path => {
             let path = std::path::Path::new(path);
@@ -808,19 +814,25 @@ fn eval_detector(
         }
     };
     let detector = normgate::landmarks::Locator {
-        detector: normgate::detector::Detector::load(model, &ModelCard::path_for(model))?,
+        detector: normgate::detector::Detector::load(&args.model, &ModelCard::path_for(&args.model))?,
         refiner,
     };
-    let backbone = match backbone {
-        "none" => None,
-        spec => Some(eval::Model::parse(spec, None)?),
-    };
     let params = normgate::detector::DetectParams {
-        score_threshold,
+        score_threshold: args.score_threshold,
         ..Default::default()
     };
-    let r = normgate_train::detector_eval::evaluate(&detector, data, cache, &params, backbone.as_ref(), shift)?;
-    print_report(json, &r, |r| {
+    let r = normgate_train::detector_eval::evaluate(
+        &detector,
+        &args.data,
+        &args.cache,
+        &params,
+        backbone.as_ref(),
+        args.shift,
+    )?;
+    if let (true, Some(model), Some(e)) = (args.update_card, &backbone, &r.end_to_end) {
+        eval::set_recommended_threshold(model, e.recommended_threshold as f32)?;
+    }
+    print_report(args.json, &r, |r| {
         let buckets: Vec<String> = r
             .buckets
             .iter()
@@ -837,14 +849,15 @@ fn eval_detector(
         );
         if let Some(e) = &r.end_to_end {
             text.push_str(&format!(
-                "\nLFW with {}: teacher landmarks {:.2} %, this detector's {:.2} % ({:+.2} points, {} without a face); FNMR at 20 % norm discard {:.3} vs {:.3}",
+                "\nLFW with {}: teacher landmarks {:.2} %, this detector's {:.2} % ({:+.2} points, {} without a face); FNMR at 20 % norm discard {:.3} vs {:.3}; recommended threshold {:.3}",
                 e.backbone,
                 100.0 * e.teacher_landmarks.accuracy,
                 100.0 * e.detector_landmarks.accuracy,
                 e.accuracy_difference,
                 e.no_face,
                 e.teacher_landmarks.fnmr_norm_20,
-                e.detector_landmarks.fnmr_norm_20
+                e.detector_landmarks.fnmr_norm_20,
+                e.recommended_threshold
             ));
         }
         text
@@ -1170,17 +1183,9 @@ fn main() -> ExitCode {
             json,
         } => quantize(&model, &out, format, percentile, crops, &cache, &data, json),
         Command::Eval {
-            what:
-                EvalCommand::Quality {
-                    on,
-                    images,
-                    update_card,
-                },
+            what: EvalCommand::Quality { on, images },
         } => eval::Model::parse(&on.model, on.card).and_then(|m| {
             let r = eval::quality(&m, &on.data, &on.cache, images)?;
-            if update_card {
-                eval::set_recommended_threshold(&m, r.recommended_threshold as f32)?;
-            }
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }),
@@ -1192,26 +1197,8 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Eval {
-            what:
-                EvalCommand::Detector {
-                    model,
-                    data,
-                    cache,
-                    backbone,
-                    refiner,
-                    shift,
-                    score_threshold,
-                    json,
-                },
-        } => eval_detector(
-            &model,
-            &data,
-            &cache,
-            (&backbone, &refiner),
-            shift,
-            score_threshold,
-            json,
-        ),
+            what: EvalCommand::Detector(args),
+        } => eval_detector(args),
         Command::Eval {
             what: EvalCommand::Lfw { on, flip, json },
         } => eval::Model::parse(&on.model, on.card).and_then(|m| {

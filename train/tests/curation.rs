@@ -242,6 +242,19 @@ fn bad_input_is_refused_with_what_to_fix() {
         &bin(&["train-landmarks", "--out", &out, "--units", "2,2"]),
         "three counts",
     );
+    let detector = model().replace("backbone.onnx", "detector.onnx");
+    refused(
+        &bin(&[
+            "eval",
+            "detector",
+            "--model",
+            &detector,
+            "--backbone",
+            "none",
+            "--update-card",
+        ]),
+        "--update-card writes the backbone's card",
+    );
     refused(
         &bin(&["clean", &s(&dir.join("none")), "--aligned", "--out", &out]),
         "cannot read",
