@@ -408,7 +408,7 @@ struct EvalDetectorArgs {
     backbone: String,
     /// Landmark refiner run after the detector (`none`: the detector's landmarks).
     #[arg(long, default_value = "models/refiner.onnx")]
-    refiner: String,
+    refiner: PathBuf,
     /// Move each validation image this many pixels right and down on a
     /// grey canvas before detecting (landmarks mapped back): how stable
     /// a detector's landmarks are against the face's place on its anchor grid.
@@ -796,7 +796,6 @@ fn export(
 }
 
 fn eval_detector(args: EvalDetectorArgs) -> Result<()> {
-    use normgate::card::ModelCard;
     let backbone = match args.backbone.as_str() {
         "none" => None,
         spec => Some(eval::Model::parse(spec, None)?),
@@ -806,17 +805,7 @@ fn eval_detector(args: EvalDetectorArgs) -> Result<()> {
             "--update-card writes the backbone's card: give --backbone an .onnx model with its card beside it"
         );
     }
-    let refiner = match args.refiner.as_str() {
-        "none" => None,
-        path => {
-            let path = std::path::Path::new(path);
-            Some(normgate::landmarks::Refiner::load(path, &ModelCard::path_for(path))?)
-        }
-    };
-    let detector = normgate::landmarks::Locator {
-        detector: normgate::detector::Detector::load(&args.model, &ModelCard::path_for(&args.model))?,
-        refiner,
-    };
+    let detector = normgate::landmarks::Locator::load(&args.model, &args.refiner)?;
     let params = normgate::detector::DetectParams {
         score_threshold: args.score_threshold,
         ..Default::default()
