@@ -86,13 +86,18 @@ pub fn sample(
     (canvas, placed)
 }
 
-/// Random contrast, brightness and colour cast, sometimes grey, blurred
-/// or re-encoded as a low-quality JPEG; labels are unchanged.
+/// Random contrast, brightness and colour cast, sometimes (one in ten) grey,
+/// blurred or re-encoded as a low-quality JPEG; labels are unchanged.
 pub fn photometric(image: &mut RgbImage, rng: &mut impl Rng) {
+    photometric_with_grey(image, rng, 0.1);
+}
+
+/// [`photometric`] with another chance of turning the image grey.
+pub fn photometric_with_grey(image: &mut RgbImage, rng: &mut impl Rng, grey_chance: f64) {
     let contrast = rng.random_range(0.6..1.4f32);
     let brightness = rng.random_range(-40.0..40.0f32);
     let gain: [f32; 3] = std::array::from_fn(|_| rng.random_range(0.85..1.15f32));
-    let grey = rng.random_bool(0.1);
+    let grey = rng.random_bool(grey_chance);
     for p in image.pixels_mut() {
         let v = p.0.map(f32::from);
         let luma = 0.299 * v[0] + 0.587 * v[1] + 0.114 * v[2];

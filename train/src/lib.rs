@@ -64,6 +64,7 @@ mod testing;
 pub mod train;
 pub mod vars;
 pub mod verify;
+pub mod views;
 
 #[cfg(test)]
 mod allocator_tests {

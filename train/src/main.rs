@@ -17,6 +17,7 @@ use normgate_train::landmark_train::{RefinerSpec, RefinerTrainConfig, RefinerTra
 use normgate_train::optim::{Schedule, Training};
 use normgate_train::prepare;
 use normgate_train::train::{BackboneSpec, TrainConfig, Trainer};
+use normgate_train::views::TeacherViews;
 
 /// Host tools of normgate: training, export, quantization, curation, evaluation.
 #[derive(Parser, Debug)]
@@ -229,6 +230,16 @@ struct TrainArgs {
     /// measure what the fast ones save).
     #[arg(long, value_enum, default_value = "fast")]
     conv: ConvImpl,
+    /// Share of the crops seen as augmented views (moved, turned, rescaled,
+    /// recoloured, blurred, JPEG), each with the teacher's live feature of it.
+    #[arg(long, default_value_t = TrainConfig::default().augment)]
+    augment: f64,
+    /// The teacher embedder for augmented views.
+    #[arg(long, default_value = "../shared/models/mobilefacenet_foamliu_fp32.onnx")]
+    teacher: PathBuf,
+    /// The teacher embedder's card.
+    #[arg(long, default_value = "train/teachers/mobilefacenet.toml")]
+    teacher_card: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -644,15 +655,21 @@ fn train(args: TrainArgs) -> Result<()> {
         norm_select: args.norm_select,
         hem_keep: args.hem_keep,
         seed: args.seed,
+        augment: args.augment,
         backbone: BackboneSpec {
             units: stage_units(args.units.as_deref(), defaults.backbone.units)?,
             ..defaults.backbone
         },
         ..defaults
     };
+    let teacher = if args.augment > 0.0 {
+        Some(TeacherViews::load(&args.teacher, &args.teacher_card)?)
+    } else {
+        None
+    };
     let start = std::time::Instant::now();
     drive_to_end(
-        &mut Trainer::with_conv(config, &args.cache, &args.out, args.conv)?,
+        &mut Trainer::with_conv(config, &args.cache, &args.out, teacher, args.conv)?,
         &args.out,
         start,
     )

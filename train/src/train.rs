@@ -7,6 +7,9 @@
 //!   (the unlabelled LFW crops and the degraded crops too):
 //!   `(1 - cos(s, t)) + beta (ln|s| - ln|t|)²` carries both the direction and
 //!   the norm, so the student's norm learns the teacher's response to quality.
+//! - Augmented views (`augment`): a share of the crops is seen as a random
+//!   view with the teacher's feature of that view, computed live
+//!   ([`crate::views`]); the rest as the cached crop or its mirror image.
 //! - Options: NormSelect before the heads (seed §3, running-average mode) and
 //!   online hard example mining (seed §4, the hardest share of each head's rows).
 //! - SGD with momentum and weight decay, warm-up then cosine decay;
@@ -31,6 +34,7 @@ use crate::heads::{a_softmax_loss, a_softmax_losses, hardest_rows, norm_select_m
 use crate::optim::{read_config, Progress, Schedule, Sgd, Training};
 use crate::prepare::{Cache, CROP};
 use crate::vars::SeededVars;
+use crate::views::{augmented_view, TeacherViews};
 
 /// Everything that defines a run; saved beside its checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,8 +62,17 @@ pub struct TrainConfig {
     pub hem_keep: f32,
     /// Seed of the initial weights, the batches and the flips.
     pub seed: u64,
+    /// Share of the crops seen as an augmented view with the teacher's live
+    /// feature of it (0: every crop as cached; runs saved before this
+    /// option read back as 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub augment: f64,
     /// The architecture.
     pub backbone: BackboneSpec,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// The architecture in the saved config.
@@ -109,6 +122,7 @@ impl Default for TrainConfig {
             norm_select: false,
             hem_keep: 1.0,
             seed: 1,
+            augment: 0.0,
             backbone: BackboneSpec {
                 stem: s.stem,
                 widths: s.widths,
@@ -125,8 +139,12 @@ pub const SOURCES: [&str; 4] = ["glint24", "celeba", "lfw_train", "degraded"];
 /// Crops of one cache as the student sees them: the 112x96 crop (columns
 /// 8..104 of the 112x112 one), (x - 127.5) / 128, CHW, optionally mirrored.
 pub fn student_input(cache: &Cache, i: usize, flip: bool) -> Vec<f32> {
+    student_pixels(&cache.crops[i * CROP * CROP * 3..][..CROP * CROP * 3], flip)
+}
+
+/// [`student_input`] of one 112x112 RGB crop's bytes.
+fn student_pixels(crop: &[u8], flip: bool) -> Vec<f32> {
     let (h, w, x0) = (CROP, 96, 8);
-    let crop = &cache.crops[i * CROP * CROP * 3..][..CROP * CROP * 3];
     let mut out = vec![0.0f32; 3 * h * w];
     for y in 0..h {
         for x in 0..w {
@@ -175,6 +193,8 @@ pub struct StepLog {
 pub struct Trainer {
     config: TrainConfig,
     caches: Vec<Cache>,
+    /// The teacher for augmented views; only with `augment` > 0.
+    teacher: Option<TeacherViews>,
     net: Backbone,
     heads: [Tensor; 2],
     sgd: Sgd,
@@ -186,14 +206,29 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// Loads the caches and builds the network, from `dir`'s checkpoint if it has one.
-    pub fn new(config: TrainConfig, cache_dir: &Path, dir: &Path) -> Result<Self> {
-        Self::with_conv(config, cache_dir, dir, ConvImpl::Fast)
+    /// Loads the caches and builds the network, from `dir`'s checkpoint if
+    /// it has one; `teacher` makes the augmented views (needed when
+    /// `config.augment` > 0).
+    pub fn new(config: TrainConfig, cache_dir: &Path, dir: &Path, teacher: Option<TeacherViews>) -> Result<Self> {
+        Self::with_conv(config, cache_dir, dir, teacher, ConvImpl::Fast)
     }
 
     /// [`Trainer::new`] on a chosen convolution implementation (candle's
     /// built-in one only serves to measure what the fast ops save).
-    pub fn with_conv(config: TrainConfig, cache_dir: &Path, dir: &Path, conv: ConvImpl) -> Result<Self> {
+    pub fn with_conv(
+        config: TrainConfig,
+        cache_dir: &Path,
+        dir: &Path,
+        teacher: Option<TeacherViews>,
+        conv: ConvImpl,
+    ) -> Result<Self> {
+        if !(0.0..=1.0).contains(&config.augment) {
+            bail!("the share of augmented views must lie in 0..=1, not {}", config.augment);
+        }
+        let teacher = teacher.filter(|_| config.augment > 0.0);
+        if config.augment > 0.0 && teacher.is_none() {
+            bail!("augmented views need the teacher embedder to compute their targets");
+        }
         let caches = SOURCES
             .iter()
             .map(|s| Cache::load(cache_dir, s))
@@ -227,6 +262,7 @@ impl Trainer {
         let mut trainer = Self {
             config,
             caches,
+            teacher,
             net,
             heads,
             sgd,
@@ -259,23 +295,46 @@ impl Trainer {
     /// Draws this step's batch: inputs, teacher targets, and the head rows' labels.
     fn batch(&self) -> Result<(Tensor, Tensor, [Vec<u32>; 2])> {
         let mut rng = StdRng::seed_from_u64(self.config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.step);
+        let dim = self.config.backbone.feature_dim;
         let (mut inputs, mut targets) = (Vec::new(), Vec::new());
         let mut labels = [Vec::new(), Vec::new()];
+        // Augmented views and their rows; their targets come from the teacher below.
+        let (mut views, mut view_rows) = (Vec::new(), Vec::new());
         for (s, (cache, &n)) in self.caches.iter().zip(&self.config.per_source).enumerate() {
             for _ in 0..n {
                 let i = rng.random_range(0..cache.len());
-                let flip = rng.random_bool(0.5);
-                inputs.extend(student_input(cache, i, flip));
-                let t = if flip { &cache.teacher_flip } else { &cache.teacher };
-                targets.extend_from_slice(&t[i * cache.dim..][..cache.dim]);
+                // Drawn only when augmenting, so runs without views keep their batches.
+                if self.config.augment > 0.0 && rng.random_bool(self.config.augment) {
+                    let view = augmented_view(&cache.crop(i), &mut rng);
+                    inputs.extend(student_pixels(view.as_raw(), false));
+                    view_rows.push(targets.len() / dim);
+                    targets.extend(std::iter::repeat_n(0.0, dim));
+                    views.push(view);
+                } else {
+                    let flip = rng.random_bool(0.5);
+                    inputs.extend(student_input(cache, i, flip));
+                    let t = if flip { &cache.teacher_flip } else { &cache.teacher };
+                    targets.extend_from_slice(&t[i * cache.dim..][..cache.dim]);
+                }
                 if s < 2 {
                     labels[s].push(cache.labels[i]);
                 }
             }
         }
+        if let Some(teacher) = self.teacher.as_ref().filter(|_| !views.is_empty()) {
+            for (row, feature) in view_rows.into_iter().zip(teacher.features(&views)?) {
+                if feature.len() != dim {
+                    bail!(
+                        "the teacher gives {}-d features, the backbone makes {dim}-d ones",
+                        feature.len()
+                    );
+                }
+                targets[row * dim..][..dim].copy_from_slice(&feature);
+            }
+        }
         let n: usize = self.config.per_source.iter().sum();
         let x = Tensor::from_vec(inputs, (n, 3, CROP, 96), &Device::Cpu)?;
-        let t = Tensor::from_vec(targets, (n, self.config.backbone.feature_dim), &Device::Cpu)?;
+        let t = Tensor::from_vec(targets, (n, dim), &Device::Cpu)?;
         Ok((x, t, labels))
     }
 
@@ -432,13 +491,13 @@ mod tests {
         std::fs::create_dir_all(&cache).unwrap();
         let config = tiny_run(&cache);
         let straight = |dir: &Path| {
-            let mut t = Trainer::new(config.clone(), &cache, dir).unwrap();
+            let mut t = Trainer::new(config.clone(), &cache, dir, None).unwrap();
             crate::optim::drive(&mut t, dir).unwrap();
             weights(&t)
         };
         let a = straight(&root.join("a"));
         assert_eq!(a, straight(&root.join("b")), "same seed, same weights");
-        let mut first = Trainer::new(config.clone(), &cache, &root.join("c")).unwrap();
+        let mut first = Trainer::new(config.clone(), &cache, &root.join("c"), None).unwrap();
         for _ in 0..3 {
             first.train_step().unwrap();
         }
@@ -447,7 +506,7 @@ mod tests {
             first.sgd.velocity.iter().all(|v| !v.track_op()),
             "velocities must not hold the autograd graph (it would keep every step alive)"
         );
-        let mut resumed = Trainer::new(config.clone(), &cache, &root.join("c")).unwrap();
+        let mut resumed = Trainer::new(config.clone(), &cache, &root.join("c"), None).unwrap();
         assert_eq!(resumed.progress().position, 3);
         crate::optim::drive(&mut resumed, &root.join("c")).unwrap();
         assert_eq!(a, weights(&resumed), "resumed run ends where the straight one did");
@@ -455,7 +514,7 @@ mod tests {
             seed: 2,
             ..config.clone()
         };
-        let mut t = Trainer::new(other.clone(), &cache, &root.join("d")).unwrap();
+        let mut t = Trainer::new(other.clone(), &cache, &root.join("d"), None).unwrap();
         crate::optim::drive(&mut t, &root.join("d")).unwrap();
         assert_ne!(a, weights(&t), "another seed, other weights");
         let err = Trainer::new(
@@ -468,10 +527,63 @@ mod tests {
             },
             &cache,
             &root.join("c"),
+            None,
         )
         .err()
         .unwrap();
         assert!(err.to_string().contains("another configuration"), "{err}");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    /// A tiny random teacher for 112x112 crops (ArcFace template), `dim`-d features.
+    fn tiny_teacher(dir: &Path, dim: usize) -> TeacherViews {
+        let mut config = crate::testing::tiny_backbone([2, 2, 2], [0, 0, 0], dim);
+        (config.height, config.width) = (CROP, CROP);
+        let mut card = crate::export::backbone_card(&config, None);
+        card.embedder.as_mut().unwrap().template = "arcface_112x112".into();
+        let model = dir.join("teacher.onnx");
+        crate::testing::exported_backbone(config, 7, "teacher", &card, &model);
+        TeacherViews::load(&model, &model.with_extension("toml")).unwrap()
+    }
+
+    #[test]
+    fn augmented_views_get_the_live_teachers_targets_and_repeat_under_the_seed() {
+        let root = std::env::temp_dir().join(format!("normgate-train-views-{}", std::process::id()));
+        let cache = root.join("cache");
+        std::fs::create_dir_all(&cache).unwrap();
+        let config = TrainConfig {
+            augment: 1.0,
+            ..tiny_run(&cache)
+        };
+        let err = Trainer::new(config.clone(), &cache, &root.join("a"), None)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("teacher"), "{err}");
+        let trainer = Trainer::new(config.clone(), &cache, &root.join("a"), Some(tiny_teacher(&root, 8))).unwrap();
+        let (_, targets, _) = trainer.batch().unwrap();
+        let cached: Vec<Vec<f32>> = trainer
+            .caches
+            .iter()
+            .flat_map(|c| c.teacher.chunks(8).chain(c.teacher_flip.chunks(8)))
+            .map(<[f32]>::to_vec)
+            .collect();
+        let rows = targets.to_vec2::<f32>().unwrap();
+        assert_eq!(rows.len(), 6);
+        for row in &rows {
+            assert!(
+                row.iter().all(|v| v.is_finite()) && row.iter().any(|&v| v != 0.0),
+                "{row:?}"
+            );
+            assert!(!cached.contains(row), "every crop is a view with a live target");
+        }
+        let half = TrainConfig { augment: 0.5, ..config };
+        let run = |dir: &str| {
+            let dir = root.join(dir);
+            let mut t = Trainer::new(half.clone(), &cache, &dir, Some(tiny_teacher(&root, 8))).unwrap();
+            crate::optim::drive(&mut t, &dir).unwrap();
+            weights(&t)
+        };
+        assert_eq!(run("b"), run("c"), "same seed, same views, same weights");
         std::fs::remove_dir_all(root).unwrap();
     }
 
