@@ -122,7 +122,10 @@ impl Default for TrainConfig {
             norm_select: false,
             hem_keep: 1.0,
             seed: 1,
-            augment: 0.0,
+            // Half the crops as live views: LFW 90.3 -> 92.0 % and the
+            // teacher's failures removed at 20 % discard 54 -> 69 %
+            // (models/MODELS.md).
+            augment: 0.5,
             backbone: BackboneSpec {
                 stem: s.stem,
                 widths: s.widths,
@@ -465,6 +468,7 @@ mod tests {
             },
             per_source: [2, 2, 1, 1],
             hem_keep: 0.5,
+            augment: 0.0,
             norm_select: true,
             backbone: BackboneSpec {
                 stem: 2,
@@ -600,6 +604,7 @@ mod tests {
             read,
             TrainConfig {
                 beta: 1.0,
+                augment: 0.0,
                 ..TrainConfig::default()
             }
         );
