@@ -245,6 +245,15 @@ impl Trainer {
                 );
             }
         }
+        if let Some(teacher) = &teacher {
+            let dim = teacher.features(&[caches[0].crop(0)])?[0].len();
+            if dim != config.backbone.feature_dim {
+                bail!(
+                    "the teacher for augmented views gives {dim}-d features, the backbone makes {}-d ones",
+                    config.backbone.feature_dim
+                );
+            }
+        }
         let classes = [0, 1].map(|i| caches[i].labels.iter().map(|&l| l as usize + 1).max().unwrap_or(0));
         let map = VarMap::new();
         let vb = SeededVars::builder(&map, config.seed, &Device::Cpu);
@@ -326,12 +335,6 @@ impl Trainer {
         }
         if let Some(teacher) = self.teacher.as_ref().filter(|_| !views.is_empty()) {
             for (row, feature) in view_rows.into_iter().zip(teacher.features(&views)?) {
-                if feature.len() != dim {
-                    bail!(
-                        "the teacher gives {}-d features, the backbone makes {dim}-d ones",
-                        feature.len()
-                    );
-                }
                 targets[row * dim..][..dim].copy_from_slice(&feature);
             }
         }
@@ -563,6 +566,10 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("teacher"), "{err}");
+        let wrong = Trainer::new(config.clone(), &cache, &root.join("a"), Some(tiny_teacher(&root, 4)))
+            .err()
+            .unwrap();
+        assert!(wrong.to_string().contains("4-d features"), "{wrong}");
         let trainer = Trainer::new(config.clone(), &cache, &root.join("a"), Some(tiny_teacher(&root, 8))).unwrap();
         let (_, targets, _) = trainer.batch().unwrap();
         let cached: Vec<Vec<f32>> = trainer
