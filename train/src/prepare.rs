@@ -230,14 +230,27 @@ fn save(out: &Path, name: &str, crops: &[Crop], targets: &[Target]) -> Result<()
     Ok(())
 }
 
+/// Loads the teacher embedder (one crop per run); it must take the caches'
+/// 112x112 crops, since the student's crop is cut from them.
+pub(crate) fn load_teacher(model: &Path, card: &Path) -> Result<Embedder> {
+    let teacher = Embedder::load(model, card, 1)?;
+    let t = teacher.template();
+    if (t.width, t.height) != (CROP as u32, CROP as u32) {
+        bail!(
+            "the teacher embedder {} takes {}x{} crops; it must use the {CROP}x{CROP} template (the student crop is cut from it)",
+            model.display(),
+            t.width,
+            t.height
+        );
+    }
+    Ok(teacher)
+}
+
 /// Builds every cache that is missing (all with `force`).
 pub fn run(inputs: &Inputs, out: &Path, force: bool, seed: u64) -> Result<Vec<CacheSummary>> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let detector = Detector::load(&inputs.detector.0, &inputs.detector.1)?;
-    let embedder = Embedder::load(&inputs.embedder.0, &inputs.embedder.1, 1)?;
-    if (embedder.template().width, embedder.template().height) != (112, 112) {
-        bail!("the teacher embedder must use the 112x112 template (the student crop is cut from it)");
-    }
+    let embedder = load_teacher(&inputs.embedder.0, &inputs.embedder.1)?;
     let stages = Stages {
         detector: &detector,
         embedder: &embedder,

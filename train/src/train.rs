@@ -333,7 +333,7 @@ impl Trainer {
                 }
             }
         }
-        if let Some(teacher) = self.teacher.as_ref().filter(|_| !views.is_empty()) {
+        if let Some(teacher) = &self.teacher {
             for (row, feature) in view_rows.into_iter().zip(teacher.features(&views)?) {
                 targets[row * dim..][..dim].copy_from_slice(&feature);
             }

@@ -13,7 +13,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use image::imageops::flip_horizontal;
 use image::RgbImage;
 use normgate::embedder::Embedder;
@@ -22,7 +22,7 @@ use rand::Rng;
 use rayon::prelude::*;
 
 use crate::detector_data::photometric_with_grey;
-use crate::prepare::CROP;
+use crate::prepare::load_teacher;
 
 /// Largest turn of a view, in degrees.
 const MAX_TURN_DEGREES: f32 = 8.0;
@@ -70,17 +70,9 @@ pub struct TeacherViews {
 impl TeacherViews {
     /// Loads the teacher; it must take the cache's 112x112 crops.
     pub fn load(model: &Path, card: &Path) -> Result<Self> {
-        let teacher = Embedder::load(model, card, 1)?;
-        let t = teacher.template();
-        if (t.width, t.height) != (CROP as u32, CROP as u32) {
-            bail!(
-                "the teacher for augmented views ({}) takes {}x{} crops; the caches hold {CROP}x{CROP} ones",
-                model.display(),
-                t.width,
-                t.height
-            );
-        }
-        Ok(Self { teacher })
+        Ok(Self {
+            teacher: load_teacher(model, card)?,
+        })
     }
 
     /// The teacher's un-normalised feature of each view, in order (the views
@@ -99,6 +91,18 @@ mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
+
+    #[test]
+    fn a_teacher_for_other_crops_than_the_caches_is_refused() {
+        let dir = std::env::temp_dir().join(format!("normgate-views-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sphereface = crate::testing::tiny_embedder(&dir);
+        let err = TeacherViews::load(&sphereface, &sphereface.with_extension("toml"))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("takes 96x112 crops"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn a_view_keeps_the_size_repeats_under_its_seed_and_stays_near_the_crop() {
