@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use image::RgbImage;
 use normgate::detector::{iou, DetectParams, Face};
 use normgate::landmarks::Locator;
-use normgate_core::align::{align_rgb8, ARCFACE_112X112};
+use normgate_core::align::{align_rgb8, Landmarks, ARCFACE_112X112};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rayon::prelude::*;
@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::composite::face_free_region;
 use crate::datasets::read_rgb;
-use crate::eval::{lfw_edc, lfw_scores_on, LfwScores, Model};
+use crate::eval::{lfw_edc, lfw_scores_on, percentile, LfwScores, Model};
 use crate::norms::images_under;
 use crate::prepare::{fallback_landmarks, main_face, Cache, CROP};
 use crate::verify::lfw_report;
@@ -45,6 +45,8 @@ pub struct SizeBucket {
     pub recall: f64,
     /// Mean landmark error of the found faces (0 without any).
     pub nme: f64,
+    /// Their median: far below the mean when a few faces are far off.
+    pub nme_median: f64,
 }
 
 /// LFW through one set of landmarks.
@@ -90,6 +92,8 @@ pub struct DetectorReport {
     pub nme: f64,
     /// The median of those errors (a few lost faces weigh on the mean).
     pub nme_median: f64,
+    /// Their 90th percentile: how long the tail that weighs on the mean is.
+    pub nme_p90: f64,
     /// Mean normalised error per landmark: left eye, right eye, nose, mouth corners.
     pub nme_per_landmark: [f64; 5],
     /// Mean signed offset (x, y) per landmark over the inter-ocular distance:
@@ -119,6 +123,27 @@ pub struct DetectorReport {
     pub end_to_end: Option<EndToEnd>,
 }
 
+/// One reference face of the validation split and what the detector made
+/// of it: `eval detector --faces` lists them to find where the landmark
+/// error's tail comes from.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaceOutcome {
+    /// Image path relative to the data folder.
+    pub image: String,
+    /// The reference's shorter box side, pixels.
+    pub short_side: f32,
+    /// The teacher's box.
+    pub reference_box: [f32; 4],
+    /// The teacher's five points.
+    pub reference_landmarks: Landmarks,
+    /// The matched detection's box (absent: missed).
+    pub detected_box: Option<[f32; 4]>,
+    /// The matched detection's five points, as the device reads them.
+    pub detected_landmarks: Option<Landmarks>,
+    /// Its mean landmark error over the reference's inter-ocular distance.
+    pub nme: Option<f64>,
+}
+
 /// Ranges of the size buckets, pixels.
 const BUCKETS: [(f32, f32, &str); 4] = [
     (16.0, 32.0, "16-32"),
@@ -129,15 +154,24 @@ const BUCKETS: [(f32, f32, &str); 4] = [
 
 /// One reference face's outcome.
 struct Outcome {
-    short_side: f32,
-    /// Normalised signed offset (x, y) of each landmark when found.
-    offsets: Option<[[f64; 2]; 5]>,
+    reference: Face,
+    /// The detection matched to it, if any.
+    detected: Option<Face>,
 }
 
 impl Outcome {
+    fn short_side(&self) -> f32 {
+        self.reference.short_side()
+    }
+
+    /// Normalised signed offset (x, y) of each landmark when found.
+    fn offsets(&self) -> Option<[[f64; 2]; 5]> {
+        self.detected.as_ref().map(|d| landmark_offsets(&self.reference, d))
+    }
+
     /// Normalised distance of each landmark when found.
     fn errors(&self) -> Option<[f64; 5]> {
-        self.offsets.map(|o| o.map(|[x, y]| x.hypot(y)))
+        self.offsets().map(|o| o.map(|[x, y]| x.hypot(y)))
     }
 
     /// Mean normalised landmark error when found.
@@ -169,8 +203,8 @@ fn match_faces(reference: &[Face], detected: &[Face]) -> Vec<Outcome> {
         .iter()
         .zip(used_r)
         .map(|(r, d)| Outcome {
-            short_side: r.short_side(),
-            offsets: d.map(|d| landmark_offsets(r, &detected[d])),
+            reference: *r,
+            detected: d.map(|d| detected[d]),
         })
         .collect()
 }
@@ -195,7 +229,9 @@ fn non_face_images(data: &Path, validation: &[(RgbImage, Vec<Face>)]) -> Result<
     Ok(images)
 }
 
-/// Measures `detector` on the validation split under `data` (pseudo-labels in `cache_dir`).
+/// Measures `detector` on the validation split under `data` (pseudo-labels
+/// in `cache_dir`); also every reference face's outcome, the worst found
+/// first, then the missed.
 pub fn evaluate(
     detector: &Locator,
     data: &Path,
@@ -203,7 +239,7 @@ pub fn evaluate(
     params: &DetectParams,
     backbone: Option<&Model>,
     shift: u32,
-) -> Result<DetectorReport> {
+) -> Result<(DetectorReport, Vec<FaceOutcome>)> {
     let labels: Vec<_> = crate::pseudo::load(cache_dir)?
         .into_iter()
         .filter(|l| l.validation)
@@ -218,7 +254,7 @@ pub fn evaluate(
         })
         .collect::<Result<_>>()?;
     let start = std::time::Instant::now();
-    let outcomes: Vec<Outcome> = validation
+    let per_image: Vec<Vec<Outcome>> = validation
         .par_iter()
         .map(|(image, faces)| {
             let reference: Vec<Face> = faces.iter().filter(|f| f.score >= REFERENCE_SCORE).copied().collect();
@@ -227,10 +263,8 @@ pub fn evaluate(
                 &detect_shifted(detector, image, params, shift)?,
             ))
         })
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        .flatten()
-        .collect();
+        .collect::<Result<_>>()?;
+    let outcomes: Vec<&Outcome> = per_image.iter().flatten().collect();
     let ms_per_image =
         start.elapsed().as_secs_f64() * 1e3 * rayon::current_num_threads() as f64 / validation.len().max(1) as f64;
     let buckets = BUCKETS
@@ -238,23 +272,28 @@ pub fn evaluate(
         .map(|&(lo, hi, name)| {
             let inside: Vec<&Outcome> = outcomes
                 .iter()
-                .filter(|o| o.short_side >= lo && o.short_side < hi)
+                .copied()
+                .filter(|o| (lo..hi).contains(&o.short_side()))
                 .collect();
-            let errors: Vec<f64> = inside.iter().filter_map(|o| o.nme()).collect();
+            let errors = found_errors(&inside);
             SizeBucket {
                 short_side: name.into(),
                 faces: inside.len(),
                 found: errors.len(),
                 recall: ratio(errors.len(), inside.len()),
-                nme: errors.iter().sum::<f64>() / errors.len().max(1) as f64,
+                nme: mean(&errors),
+                nme_median: percentile(&errors, 0.5),
             }
         })
         .collect();
-    let large: Vec<&Outcome> = outcomes.iter().filter(|o| o.short_side >= RECALL_MIN_SIDE).collect();
+    let large: Vec<&Outcome> = outcomes
+        .iter()
+        .copied()
+        .filter(|o| o.short_side() >= RECALL_MIN_SIDE)
+        .collect();
     let per_landmark: Vec<[f64; 5]> = large.iter().filter_map(|o| o.errors()).collect();
-    let offsets: Vec<[[f64; 2]; 5]> = large.iter().filter_map(|o| o.offsets).collect();
-    let mut errors: Vec<f64> = large.iter().filter_map(|o| o.nme()).collect();
-    errors.sort_by(f64::total_cmp);
+    let offsets: Vec<[[f64; 2]; 5]> = large.iter().filter_map(|o| o.offsets()).collect();
+    let errors = found_errors(&large);
     let count = per_landmark.len().max(1) as f64;
     let non_faces = non_face_images(data, &validation)?;
     let false_positives: usize = non_faces
@@ -266,10 +305,27 @@ pub fn evaluate(
     let end_to_end = backbone
         .map(|model| end_to_end(detector, model, data, cache_dir, params))
         .transpose()?;
-    Ok(DetectorReport {
+    let mut faces: Vec<FaceOutcome> = labels
+        .iter()
+        .zip(&per_image)
+        .flat_map(|(label, outcomes)| {
+            outcomes.iter().map(|o| FaceOutcome {
+                image: label.path.clone(),
+                short_side: o.short_side(),
+                reference_box: o.reference.bbox,
+                reference_landmarks: o.reference.landmarks,
+                detected_box: o.detected.map(|d| d.bbox),
+                detected_landmarks: o.detected.map(|d| d.landmarks),
+                nme: o.nme(),
+            })
+        })
+        .collect();
+    sort_worst_first(&mut faces);
+    let report = DetectorReport {
         recall: ratio(errors.len(), large.len()),
-        nme: errors.iter().sum::<f64>() / errors.len().max(1) as f64,
-        nme_median: errors.get(errors.len() / 2).copied().unwrap_or(0.0),
+        nme: mean(&errors),
+        nme_median: percentile(&errors, 0.5),
+        nme_p90: percentile(&errors, 0.9),
         nme_per_landmark: std::array::from_fn(|k| per_landmark.iter().map(|e| e[k]).sum::<f64>() / count),
         landmark_bias: std::array::from_fn(|k| {
             std::array::from_fn(|c| offsets.iter().map(|o| o[k][c]).sum::<f64>() / count)
@@ -285,7 +341,26 @@ pub fn evaluate(
         nms_iou: params.nms_iou,
         ms_per_image,
         end_to_end,
-    })
+    };
+    Ok((report, faces))
+}
+
+/// Found faces by falling landmark error, then the missed ones.
+fn sort_worst_first(faces: &mut [FaceOutcome]) {
+    faces.sort_by(|a, b| match (a.nme, b.nme) {
+        (Some(a), Some(b)) => b.total_cmp(&a),
+        (a, b) => b.is_some().cmp(&a.is_some()),
+    });
+}
+
+/// The landmark errors of the found faces among `outcomes`.
+fn found_errors(outcomes: &[&Outcome]) -> Vec<f64> {
+    outcomes.iter().filter_map(|o| o.nme()).collect()
+}
+
+/// Mean of `values` (0 when empty).
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len().max(1) as f64
 }
 
 /// The faces found in `image` moved `shift` pixels right and down on a grey
@@ -411,14 +486,31 @@ mod tests {
         assert!(out[0].errors().unwrap().iter().all(|e| (e - 2.0 / 16.0).abs() < 1e-6));
         // The detection is shifted right: +2 px in x, nothing in y, on every landmark.
         assert!(out[0]
-            .offsets
+            .offsets()
             .unwrap()
             .iter()
             .all(|&[x, y]| (x - 2.0 / 16.0).abs() < 1e-6 && y == 0.0));
         assert!(out[1].nme().is_none());
-        assert_eq!((out[0].short_side, out[1].short_side), (40.0, 20.0));
+        assert_eq!((out[0].short_side(), out[1].short_side()), (40.0, 20.0));
         // Two references over one detection: only one is found.
         let twice = match_faces(&[a, a], &[shifted]);
         assert_eq!(twice.iter().filter(|o| o.nme().is_some()).count(), 1);
+    }
+
+    #[test]
+    fn the_face_list_puts_the_worst_found_first_and_the_missed_last() {
+        let face = |nme: Option<f64>| FaceOutcome {
+            image: String::new(),
+            short_side: 40.0,
+            reference_box: [0.0; 4],
+            reference_landmarks: [[0.0; 2]; 5],
+            detected_box: None,
+            detected_landmarks: None,
+            nme,
+        };
+        let mut faces = vec![face(Some(0.05)), face(None), face(Some(0.30)), face(Some(0.10))];
+        sort_worst_first(&mut faces);
+        let order: Vec<Option<f64>> = faces.iter().map(|f| f.nme).collect();
+        assert_eq!(order, [Some(0.30), Some(0.10), Some(0.05), None]);
     }
 }

@@ -334,11 +334,14 @@ pub fn agreement(model: &Model, reference: &Model, cache_dir: &Path) -> Result<A
     })
 }
 
-/// The `p`-quantile (0..=1) of `values` by the nearest rank.
-fn percentile(values: &[f64], p: f64) -> f64 {
+/// The `p`-quantile (0..=1) of `values` by the nearest rank (0 when empty).
+pub(crate) fn percentile(values: &[f64], p: f64) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+    match sorted.len() {
+        0 => 0.0,
+        n => sorted[((n - 1) as f64 * p).round() as usize],
+    }
 }
 
 fn norm(v: &[f32]) -> f64 {
@@ -488,5 +491,6 @@ mod tests {
         assert_eq!(percentile(&v, 0.1), 1.0);
         assert_eq!(percentile(&v, 0.5), 5.0);
         assert_eq!(percentile(&v, 1.0), 10.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
     }
 }

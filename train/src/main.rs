@@ -435,6 +435,10 @@ struct EvalDetectorArgs {
     /// norms on the crops this detector aligned) into the backbone's card.
     #[arg(long)]
     update_card: bool,
+    /// Also write every reference face's outcome to this JSON-lines file
+    /// (image, boxes, both sets of points, NME), the worst found first.
+    #[arg(long)]
+    faces: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -827,7 +831,7 @@ fn eval_detector(args: EvalDetectorArgs) -> Result<()> {
         score_threshold: args.score_threshold,
         ..Default::default()
     };
-    let r = normgate_train::detector_eval::evaluate(
+    let (r, faces) = normgate_train::detector_eval::evaluate(
         &detector,
         &args.data,
         &args.cache,
@@ -838,16 +842,32 @@ fn eval_detector(args: EvalDetectorArgs) -> Result<()> {
     if let (true, Some(model), Some(e)) = (args.update_card, &backbone, &r.end_to_end) {
         eval::set_recommended_threshold(model, e.recommended_threshold as f32)?;
     }
+    if let Some(path) = &args.faces {
+        let lines: Vec<String> = faces.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
+        std::fs::write(path, lines.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
     print_report(args.json, &r, |r| {
         let buckets: Vec<String> = r
             .buckets
             .iter()
-            .map(|b| format!("{} px {:.3} ({}/{})", b.short_side, b.recall, b.found, b.faces))
+            .map(|b| {
+                format!(
+                    "{} px {:.3} ({}/{}) NME {:.1} % (median {:.1} %)",
+                    b.short_side,
+                    b.recall,
+                    b.found,
+                    b.faces,
+                    100.0 * b.nme,
+                    100.0 * b.nme_median
+                )
+            })
             .collect();
         let mut text = format!(
-            "recall (>= 32 px) {:.4}, NME {:.2} %, {:.3} false positives per non-face image ({} images); by size: {}; {:.1} ms per image",
+            "recall (>= 32 px) {:.4}, NME {:.2} % (median {:.2} %, 90th percentile {:.2} %), {:.3} false positives per non-face image ({} images); by size: {}; {:.1} ms per image",
             r.recall,
             100.0 * r.nme,
+            100.0 * r.nme_median,
+            100.0 * r.nme_p90,
             r.fp_per_image,
             r.non_face_images,
             buckets.join(", "),
