@@ -57,6 +57,30 @@ impl Region {
         Ok(Self { to_frame })
     }
 
+    /// The same square turned by `angle` radians about its centre: a crop
+    /// of it shows the frame turned the other way (training cuts rolled
+    /// faces this way).
+    pub fn turned(&self, angle: f32) -> Self {
+        let (cos, sin) = (angle.cos(), angle.sin());
+        // Shares turned about (0.5, 0.5), then mapped to the frame.
+        let turn = Similarity {
+            a: cos,
+            b: sin,
+            tx: 0.5 - 0.5 * (cos - sin),
+            ty: 0.5 - 0.5 * (sin + cos),
+        };
+        let Similarity { a, b, .. } = self.to_frame;
+        let [tx, ty] = self.to_frame.apply([turn.tx, turn.ty]);
+        Self {
+            to_frame: Similarity {
+                a: a * cos - b * sin,
+                b: a * sin + b * cos,
+                tx,
+                ty,
+            },
+        }
+    }
+
     /// The region's side in frame pixels.
     pub fn side(&self) -> f32 {
         self.to_frame.scale()
@@ -443,6 +467,19 @@ mod tests {
         let p = [37.5, 81.0];
         let back = r.from_shares(r.to_shares(p));
         assert!((back[0] - p[0]).abs() < 1e-4 && (back[1] - p[1]).abs() < 1e-4);
+    }
+
+    #[test]
+    fn a_turned_region_keeps_its_centre_and_side_and_turns_its_edges() {
+        let r = Region::around([10.0, 20.0, 50.0, 100.0], 1.5);
+        let t = r.turned(90f32.to_radians());
+        let close = |p: [f32; 2], q: [f32; 2]| (p[0] - q[0]).abs() < 1e-3 && (p[1] - q[1]).abs() < 1e-3;
+        assert!((t.side() - 120.0).abs() < 1e-3);
+        assert!(close(t.from_shares([0.5, 0.5]), [30.0, 60.0]));
+        // The middle of the crop's right edge lies a half side below the centre in the frame.
+        assert!(close(t.from_shares([1.0, 0.5]), [30.0, 120.0]));
+        assert!(close(t.to_shares([30.0, 120.0]), [1.0, 0.5]));
+        assert!(close(r.turned(0.0).from_shares([0.2, 0.9]), r.from_shares([0.2, 0.9])));
     }
 
     #[test]

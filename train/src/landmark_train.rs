@@ -60,6 +60,11 @@ pub struct RefinerTrainConfig {
     /// scaled up to the input, as small faces reach the refiner.
     #[serde(default)]
     pub low_res: f32,
+    /// Box crops: half of them are turned about the box's centre by up to
+    /// this many degrees either way, as faces rolled in the frame reach the
+    /// first reading inside an upright box (0: none; older runs: none).
+    #[serde(default)]
+    pub roll: f32,
     /// Teacher faces below this score are not trained on.
     pub min_score: f32,
     /// Teacher faces with a shorter side below this (pixels) are not trained on.
@@ -115,6 +120,7 @@ impl Default for RefinerTrainConfig {
             crop: RefinerCrop::Box,
             start_noise: default_start_noise(),
             low_res: 0.0,
+            roll: 0.0,
             min_score: 0.8,
             min_side: 16.0,
             network: RefinerSpec {
@@ -135,7 +141,14 @@ pub fn training_crop(
     rng: &mut impl Rng,
 ) -> Result<(RgbImage, [[f32; 2]; 5])> {
     let region = match config.crop {
-        RefinerCrop::Box => Region::around(moved_box(face, config, rng), config.expand),
+        RefinerCrop::Box => {
+            let region = Region::around(moved_box(face, config, rng), config.expand);
+            if config.roll > 0.0 && rng.random_bool(0.5) {
+                region.turned(rng.random_range(-config.roll..=config.roll).to_radians())
+            } else {
+                region
+            }
+        }
         RefinerCrop::Landmarks => Region::on_landmarks(&starting_points(face, config.start_noise, rng))?,
     };
     let size = config.network.input as u32;
@@ -364,10 +377,15 @@ mod tests {
             crop: RefinerCrop::Landmarks,
             ..RefinerTrainConfig::default()
         };
-        for config in std::iter::repeat_n(boxes, 40).chain(std::iter::repeat_n(landmarks, 40)) {
+        let rolled = RefinerTrainConfig {
+            roll: 90.0,
+            ..RefinerTrainConfig::default()
+        };
+        let configs = [boxes, landmarks, rolled].map(|c| std::iter::repeat_n(c, 40));
+        for config in configs.into_iter().flatten() {
             let (crop, points) = training_crop(&image, &f, &config, &mut rng).unwrap();
-            // Left eye left of the right eye, mirrored or not.
-            assert!(points[0][0] < points[1][0]);
+            // Left eye left of the right eye, mirrored or not, unless the face was rolled.
+            assert!(config.roll > 0.0 || points[0][0] < points[1][0]);
             for [u, v] in points {
                 let side = crop.width() as f32;
                 let (x, y) = ((u * side) as u32, (v * side) as u32);

@@ -313,6 +313,10 @@ struct TrainLandmarksArgs {
     /// Share of crops cut at a low resolution and scaled up (as small faces look).
     #[arg(long, default_value_t = RefinerTrainConfig::default().low_res)]
     low_res: f32,
+    /// Box crops: turn half of them by up to this many degrees either way
+    /// about the box's centre, for faces rolled in the frame.
+    #[arg(long, default_value_t = RefinerTrainConfig::default().roll)]
+    roll: f32,
     /// Seed of weights and batches.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -740,6 +744,9 @@ fn train_landmarks(args: TrainLandmarksArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&args.low_res) {
         anyhow::bail!("--low-res {} must be a share in [0, 1]", args.low_res);
     }
+    if !(0.0..=180.0).contains(&args.roll) {
+        anyhow::bail!("--roll {} must be an angle in degrees in [0, 180]", args.roll);
+    }
     if !(args.start_noise >= 0.0 && args.start_noise.is_finite()) {
         anyhow::bail!("--start-noise {} must be a finite share >= 0", args.start_noise);
     }
@@ -760,6 +767,7 @@ fn train_landmarks(args: TrainLandmarksArgs) -> Result<()> {
         crop: args.crop,
         start_noise: args.start_noise,
         low_res: args.low_res,
+        roll: args.roll,
         ..defaults
     };
     let scenes = training_scenes(&args.data, &args.cache, threads(args.threads))?;
