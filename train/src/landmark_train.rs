@@ -133,6 +133,29 @@ impl Default for RefinerTrainConfig {
     }
 }
 
+impl RefinerTrainConfig {
+    /// Refuses settings that cannot train, or that would be silently ignored.
+    pub fn check(&self) -> Result<()> {
+        let input = self.network.input;
+        if input == 0 || input % 16 != 0 {
+            bail!("--input {input} must be a positive multiple of 16 (four stride-2 stages)");
+        }
+        if !(0.0..=1.0).contains(&self.low_res) {
+            bail!("--low-res {} must be a share in [0, 1]", self.low_res);
+        }
+        if !(0.0..=180.0).contains(&self.roll) {
+            bail!("--roll {} must be an angle in degrees in [0, 180]", self.roll);
+        }
+        if self.roll > 0.0 && self.crop == RefinerCrop::Landmarks {
+            bail!("--roll turns box crops (a first reading); landmark crops are upright by construction: drop --roll or use --crop box");
+        }
+        if !(self.start_noise >= 0.0 && self.start_noise.is_finite()) {
+            bail!("--start-noise {} must be a finite share >= 0", self.start_noise);
+        }
+        Ok(())
+    }
+}
+
 /// One training crop: the input image and the five points as shares of its side.
 pub fn training_crop(
     image: &RgbImage,
@@ -402,6 +425,48 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn settings_that_cannot_apply_are_refused() {
+        let ok = RefinerTrainConfig {
+            roll: 90.0,
+            ..RefinerTrainConfig::default()
+        };
+        assert!(ok.check().is_ok());
+        let refused = |c: RefinerTrainConfig, needle: &str| {
+            let e = c.check().unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        };
+        let landmarks = RefinerTrainConfig {
+            crop: RefinerCrop::Landmarks,
+            ..ok.clone()
+        };
+        refused(landmarks, "--roll turns box crops");
+        refused(
+            RefinerTrainConfig {
+                roll: 200.0,
+                ..ok.clone()
+            },
+            "--roll 200",
+        );
+        refused(
+            RefinerTrainConfig {
+                low_res: 1.5,
+                ..ok.clone()
+            },
+            "--low-res",
+        );
+        refused(
+            RefinerTrainConfig {
+                start_noise: f32::NAN,
+                ..ok.clone()
+            },
+            "--start-noise",
+        );
+        let mut odd = ok;
+        odd.network.input = 72;
+        refused(odd, "--input 72");
     }
 
     #[test]

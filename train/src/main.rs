@@ -735,21 +735,6 @@ fn train_detector(args: TrainDetectorArgs) -> Result<()> {
 
 fn train_landmarks(args: TrainLandmarksArgs) -> Result<()> {
     let start = std::time::Instant::now();
-    if args.input == 0 || args.input % 16 != 0 {
-        anyhow::bail!(
-            "--input {} must be a positive multiple of 16 (four stride-2 stages)",
-            args.input
-        );
-    }
-    if !(0.0..=1.0).contains(&args.low_res) {
-        anyhow::bail!("--low-res {} must be a share in [0, 1]", args.low_res);
-    }
-    if !(0.0..=180.0).contains(&args.roll) {
-        anyhow::bail!("--roll {} must be an angle in degrees in [0, 180]", args.roll);
-    }
-    if !(args.start_noise >= 0.0 && args.start_noise.is_finite()) {
-        anyhow::bail!("--start-noise {} must be a finite share >= 0", args.start_noise);
-    }
     let defaults = RefinerTrainConfig::default();
     let config = RefinerTrainConfig {
         network: RefinerSpec {
@@ -770,6 +755,7 @@ fn train_landmarks(args: TrainLandmarksArgs) -> Result<()> {
         roll: args.roll,
         ..defaults
     };
+    config.check()?;
     let scenes = training_scenes(&args.data, &args.cache, threads(args.threads))?;
     let mut trainer = RefinerTrainer::new(config, scenes, &args.out)?;
     eprintln!(
