@@ -61,23 +61,10 @@ impl Region {
     /// of it shows the frame turned the other way (training cuts rolled
     /// faces this way).
     pub fn turned(&self, angle: f32) -> Self {
-        let (cos, sin) = (angle.cos(), angle.sin());
-        // Shares turned about (0.5, 0.5), then mapped to the frame.
-        let turn = Similarity {
-            a: cos,
-            b: sin,
-            tx: 0.5 - 0.5 * (cos - sin),
-            ty: 0.5 - 0.5 * (sin + cos),
-        };
-        let Similarity { a, b, .. } = self.to_frame;
-        let [tx, ty] = self.to_frame.apply([turn.tx, turn.ty]);
+        // Shares turned about the square's centre, then mapped to the frame.
+        let turn = Similarity::about([0.5, 0.5], angle.cos(), angle.sin());
         Self {
-            to_frame: Similarity {
-                a: a * cos - b * sin,
-                b: a * sin + b * cos,
-                tx,
-                ty,
-            },
+            to_frame: self.to_frame.after(&turn),
         }
     }
 

@@ -72,6 +72,29 @@ impl Similarity {
         [self.a * x - self.b * y + self.tx, self.b * x + self.a * y + self.ty]
     }
 
+    /// The transform with linear part `a`, `b` that leaves `centre` where
+    /// it is: a turn and rescaling about that point.
+    pub fn about(centre: [f32; 2], a: f32, b: f32) -> Self {
+        let [cx, cy] = centre;
+        Self {
+            a,
+            b,
+            tx: cx - (a * cx - b * cy),
+            ty: cy - (b * cx + a * cy),
+        }
+    }
+
+    /// `self` applied after `first`: maps `p` to `self.apply(first.apply(p))`.
+    pub fn after(&self, first: &Self) -> Self {
+        let [tx, ty] = self.apply([first.tx, first.ty]);
+        Self {
+            a: self.a * first.a - self.b * first.b,
+            b: self.a * first.b + self.b * first.a,
+            tx,
+            ty,
+        }
+    }
+
     /// The scale factor `s`.
     pub fn scale(&self) -> f32 {
         libm::hypotf(self.a, self.b)
@@ -216,6 +239,24 @@ mod tests {
 
     fn transform(l: &Landmarks, t: &Similarity) -> Landmarks {
         l.map(|p| t.apply(p))
+    }
+
+    #[test]
+    fn a_transform_about_a_centre_keeps_it_and_composition_applies_in_order() {
+        let turn = Similarity::about([3.0, -2.0], 0.0, 2.0);
+        assert_eq!(turn.apply([3.0, -2.0]), [3.0, -2.0]);
+        // A quarter turn, doubled: one step right of the centre goes two steps down.
+        assert_eq!(turn.apply([4.0, -2.0]), [3.0, 0.0]);
+        let shift = Similarity {
+            a: 1.0,
+            b: 0.0,
+            tx: 5.0,
+            ty: 1.0,
+        };
+        for p in [[0.0, 0.0], [4.0, -2.0], [-1.5, 7.0]] {
+            assert_eq!(shift.after(&turn).apply(p), shift.apply(turn.apply(p)));
+            assert_eq!(turn.after(&shift).apply(p), turn.apply(shift.apply(p)));
+        }
     }
 
     #[test]

@@ -49,12 +49,9 @@ pub fn augmented_view(crop: &RgbImage, rng: &mut impl Rng) -> RgbImage {
     let centre = [w as f32 / 2.0, h as f32 / 2.0];
     let (a, b) = (scale * turn.cos(), scale * turn.sin());
     // View pixel p samples the crop at centre + s R (p - centre) + shift.
-    let to_crop = Similarity {
-        a,
-        b,
-        tx: centre[0] - (a * centre[0] - b * centre[1]) + shift[0],
-        ty: centre[1] - (b * centre[0] + a * centre[1]) + shift[1],
-    };
+    let mut to_crop = Similarity::about(centre, a, b);
+    to_crop.tx += shift[0];
+    to_crop.ty += shift[1];
     let mut pixels = vec![0u8; source.as_raw().len()];
     warp_rgb8(source.as_raw(), w, h, &to_crop, &mut pixels, w, h).expect("view and crop have one size");
     let mut view = RgbImage::from_raw(w, h, pixels).expect("buffer of the crop's size");
