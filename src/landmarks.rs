@@ -375,11 +375,11 @@ mod tests {
         // The shipped network stands in for both stages: only the chaining is under test.
         let dir = std::env::temp_dir().join(format!("normgate-refiner-chain-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        // The shipped first reading's card without its own next.
+        // The shipped first reading's card without its own next and crop rule (box, the default).
         let card: String = std::fs::read_to_string(shipped("refiner.toml"))
             .unwrap()
             .lines()
-            .filter(|l| !l.starts_with("next"))
+            .filter(|l| !l.starts_with("next") && !l.starts_with("crop"))
             .map(|l| format!("{l}\n"))
             .collect();
         std::fs::copy(shipped("refiner.onnx"), dir.join("first.onnx")).unwrap();
