@@ -240,6 +240,11 @@ struct TrainArgs {
     /// The teacher embedder's card.
     #[arg(long, default_value = "train/teachers/mobilefacenet.toml")]
     teacher_card: PathBuf,
+    /// Keep this many fixed views per crop, their teacher features computed
+    /// once before the first step (into the run folder), instead of a new
+    /// view with a live teacher feature each time (0).
+    #[arg(long, default_value_t = TrainConfig::default().view_bank)]
+    view_bank: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -664,6 +669,7 @@ fn train(args: TrainArgs) -> Result<()> {
         hem_keep: args.hem_keep,
         seed: args.seed,
         augment: args.augment,
+        view_bank: args.view_bank,
         backbone: BackboneSpec {
             units: stage_units(args.units.as_deref(), defaults.backbone.units)?,
             ..defaults.backbone

@@ -34,7 +34,7 @@ use crate::heads::{a_softmax_loss, a_softmax_losses, hardest_rows, norm_select_m
 use crate::optim::{read_config, Progress, Schedule, Sgd, Training};
 use crate::prepare::{Cache, CROP};
 use crate::vars::SeededVars;
-use crate::views::{augmented_view, TeacherViews};
+use crate::views::{augmented_view, TeacherViews, ViewBank};
 
 /// Everything that defines a run; saved beside its checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,12 +67,21 @@ pub struct TrainConfig {
     /// option read back as 0).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub augment: f64,
+    /// Views kept per crop in a bank whose teacher features are computed
+    /// once before the first step (0: every view is new and its feature is
+    /// computed in its step; runs saved before this option read back as 0).
+    #[serde(default, skip_serializing_if = "is_none")]
+    pub view_bank: usize,
     /// The architecture.
     pub backbone: BackboneSpec,
 }
 
 fn is_zero(x: &f64) -> bool {
     *x == 0.0
+}
+
+fn is_none(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The architecture in the saved config.
@@ -128,6 +137,7 @@ impl Default for TrainConfig {
             // teacher's failures removed at 20 % discard 54 -> 69 %
             // (models/MODELS.md).
             augment: 0.5,
+            view_bank: 0,
             backbone: BackboneSpec {
                 stem: s.stem,
                 widths: s.widths,
@@ -200,6 +210,8 @@ pub struct Trainer {
     caches: Vec<Cache>,
     /// The teacher for augmented views; only with `augment` > 0.
     teacher: Option<TeacherViews>,
+    /// The banked views; only with `view_bank` > 0.
+    bank: Option<ViewBank>,
     net: Backbone,
     heads: [Tensor; 2],
     sgd: Sgd,
@@ -212,8 +224,8 @@ pub struct Trainer {
 
 impl Trainer {
     /// Loads the caches and builds the network, from `dir`'s checkpoint if
-    /// it has one; `teacher` makes the augmented views (needed when
-    /// `config.augment` > 0).
+    /// it has one; `teacher` makes the augmented views' targets (needed when
+    /// `config.augment` > 0), for a bank kept in `dir` with `config.view_bank`.
     pub fn new(config: TrainConfig, cache_dir: &Path, dir: &Path, teacher: Option<TeacherViews>) -> Result<Self> {
         Self::with_conv(config, cache_dir, dir, teacher, ConvImpl::Fast)
     }
@@ -256,6 +268,15 @@ impl Trainer {
                 );
             }
         }
+        let bank = match (&teacher, config.view_bank) {
+            (_, 0) => None,
+            (Some(teacher), per_crop) => {
+                std::fs::create_dir_all(dir)?;
+                let file = dir.join("view-bank.safetensors");
+                Some(ViewBank::load_or_build(&file, &caches, teacher, per_crop, config.seed)?)
+            }
+            (None, _) => bail!("a view bank needs augmented views (--augment above 0)"),
+        };
         let classes = [0, 1].map(|i| caches[i].labels.iter().map(|&l| l as usize + 1).max().unwrap_or(0));
         let map = VarMap::new();
         let vb = SeededVars::builder(&map, config.seed, &Device::Cpu);
@@ -277,6 +298,7 @@ impl Trainer {
             config,
             caches,
             teacher,
+            bank,
             net,
             heads,
             sgd,
@@ -319,11 +341,17 @@ impl Trainer {
                 let i = rng.random_range(0..cache.len());
                 // Drawn only when augmenting, so runs without views keep their batches.
                 if self.config.augment > 0.0 && rng.random_bool(self.config.augment) {
-                    let view = augmented_view(&cache.crop(i), &mut rng);
-                    inputs.extend(student_pixels(view.as_raw(), false));
-                    view_rows.push(targets.len() / dim);
-                    targets.extend(std::iter::repeat_n(0.0, dim));
-                    views.push(view);
+                    if let Some(bank) = &self.bank {
+                        let k = rng.random_range(0..bank.per_crop());
+                        inputs.extend(student_pixels(bank.view(s, cache, i, k).as_raw(), false));
+                        targets.extend_from_slice(bank.feature(s, i, k));
+                    } else {
+                        let view = augmented_view(&cache.crop(i), &mut rng);
+                        inputs.extend(student_pixels(view.as_raw(), false));
+                        view_rows.push(targets.len() / dim);
+                        targets.extend(std::iter::repeat_n(0.0, dim));
+                        views.push(view);
+                    }
                 } else {
                     let flip = rng.random_bool(0.5);
                     inputs.extend(student_input(cache, i, flip));
@@ -461,6 +489,14 @@ pub fn load_backbone(dir: &Path) -> Result<(Backbone, VarMap, TrainConfig)> {
 mod tests {
     use super::*;
 
+    /// A fresh folder for a test (per process) and its `cache` folder inside.
+    fn scratch(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let root = std::env::temp_dir().join(format!("{name}{}", std::process::id()));
+        let cache = root.join("cache");
+        std::fs::create_dir_all(&cache).unwrap();
+        (root, cache)
+    }
+
     /// A tiny network on synthetic caches.
     fn tiny_run(cache: &Path) -> TrainConfig {
         for (s, name) in SOURCES.iter().enumerate() {
@@ -495,9 +531,7 @@ mod tests {
 
     #[test]
     fn a_fixed_seed_repeats_a_run_and_a_resumed_run_continues_exactly() {
-        let root = std::env::temp_dir().join(format!("normgate-train-{}", std::process::id()));
-        let cache = root.join("cache");
-        std::fs::create_dir_all(&cache).unwrap();
+        let (root, cache) = scratch("normgate-train-");
         let config = tiny_run(&cache);
         let straight = |dir: &Path| {
             let mut t = Trainer::new(config.clone(), &cache, dir, None).unwrap();
@@ -557,9 +591,7 @@ mod tests {
 
     #[test]
     fn augmented_views_get_the_live_teachers_targets_and_repeat_under_the_seed() {
-        let root = std::env::temp_dir().join(format!("normgate-train-views-{}", std::process::id()));
-        let cache = root.join("cache");
-        std::fs::create_dir_all(&cache).unwrap();
+        let (root, cache) = scratch("normgate-train-views-");
         let config = TrainConfig {
             augment: 1.0,
             ..tiny_run(&cache)
@@ -597,6 +629,66 @@ mod tests {
             weights(&t)
         };
         assert_eq!(run("b"), run("c"), "same seed, same views, same weights");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn banked_views_carry_the_teachers_feature_of_that_view_and_the_bank_is_kept_for_a_resumed_run() {
+        let (root, cache) = scratch("normgate-train-bank-");
+        let config = TrainConfig {
+            augment: 1.0,
+            view_bank: 3,
+            ..tiny_run(&cache)
+        };
+        let teacher = || Some(tiny_teacher(&root, 8));
+        let without = TrainConfig {
+            augment: 0.0,
+            ..config.clone()
+        };
+        let err = Trainer::new(without, &cache, &root.join("x"), teacher()).err().unwrap();
+        assert!(err.to_string().contains("--augment"), "{err}");
+        let trainer = Trainer::new(config.clone(), &cache, &root.join("a"), teacher()).unwrap();
+        let bank = trainer.bank.as_ref().unwrap();
+        let check = tiny_teacher(&root, 8);
+        for (s, c) in trainer.caches.iter().enumerate() {
+            assert_eq!(
+                bank.view(s, c, 1, 2),
+                bank.view(s, c, 1, 2),
+                "a view is made again the same"
+            );
+            assert_ne!(bank.view(s, c, 1, 2), bank.view(s, c, 1, 1));
+            let live = check.features(&[bank.view(s, c, 1, 2)]).unwrap().remove(0);
+            assert_eq!(bank.feature(s, 1, 2), live.as_slice(), "source {s}");
+        }
+        // Every row of a batch is a banked view with its banked feature.
+        let (_, targets, _) = trainer.batch().unwrap();
+        for row in targets.to_vec2::<f32>().unwrap() {
+            let banked = (0..4).any(|s| (0..12).any(|i| (0..3).any(|k| bank.feature(s, i, k) == row.as_slice())));
+            assert!(banked, "{row:?}");
+        }
+        let straight = |dir: &str| {
+            let mut t = Trainer::new(config.clone(), &cache, &root.join(dir), teacher()).unwrap();
+            crate::optim::drive(&mut t, &root.join(dir)).unwrap();
+            weights(&t)
+        };
+        let a = straight("b");
+        // A resumed run reads the bank its first part kept (not rebuilt: same file time).
+        let mut first = Trainer::new(config.clone(), &cache, &root.join("c"), teacher()).unwrap();
+        for _ in 0..3 {
+            first.train_step().unwrap();
+        }
+        first.save(&root.join("c")).unwrap();
+        let file = root.join("c/view-bank.safetensors");
+        let written = std::fs::metadata(&file).unwrap().modified().unwrap();
+        let mut resumed = Trainer::new(config.clone(), &cache, &root.join("c"), teacher()).unwrap();
+        assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), written);
+        crate::optim::drive(&mut resumed, &root.join("c")).unwrap();
+        assert_eq!(a, weights(&resumed), "the kept bank continues the run exactly");
+        // A bank that does not fit the caches (another view count) is refused.
+        let err = ViewBank::load_or_build(&file, &resumed.caches, &check, 2, config.seed)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("does not fit"), "{err}");
         std::fs::remove_dir_all(root).unwrap();
     }
 

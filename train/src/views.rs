@@ -10,19 +10,27 @@
 //! augmentation (LFW is grey). Running the teacher on the view gives an
 //! exact target for it, direction and norm, so the student also learns how
 //! the teacher's norm answers each change.
+//!
+//! The teacher runs on each view either live, in the step that draws it, or
+//! once before training for a fixed bank of views per crop ([`ViewBank`]);
+//! a banked view is made again from its own seed when drawn, so the bank
+//! keeps only the features.
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
 use image::imageops::flip_horizontal;
 use image::RgbImage;
+use indicatif::ParallelProgressIterator;
 use normgate::embedder::Embedder;
 use normgate_core::align::{warp_rgb8, Similarity};
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 use crate::detector_data::photometric_with_grey;
-use crate::prepare::load_teacher;
+use crate::prepare::{load_teacher, progress, Cache};
 
 /// Largest turn of a view, in degrees.
 const MAX_TURN_DEGREES: f32 = 8.0;
@@ -76,10 +84,113 @@ impl TeacherViews {
     /// run in parallel, one per call, so the result does not depend on the
     /// thread count).
     pub fn features(&self, views: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
-        views
-            .par_iter()
-            .map(|v| Ok(self.teacher.embed(std::slice::from_ref(v))?.remove(0)))
-            .collect()
+        views.par_iter().map(|v| self.feature(v)).collect()
+    }
+
+    /// The teacher's un-normalised feature of one view.
+    fn feature(&self, view: &RgbImage) -> Result<Vec<f32>> {
+        Ok(self.teacher.embed(std::slice::from_ref(view))?.remove(0))
+    }
+}
+
+/// Most views a bank keeps per crop.
+pub const MAX_BANKED_VIEWS: usize = 256;
+
+/// A fixed number of views of every cached crop with the teacher's feature
+/// of each, computed once (and kept in the run folder) instead of in every
+/// step: the steps then run without the teacher.
+pub struct ViewBank {
+    per_crop: usize,
+    seed: u64,
+    dim: usize,
+    /// Per source, `[crops x per_crop, dim]` values, crop-major.
+    features: Vec<Vec<f32>>,
+}
+
+impl ViewBank {
+    /// The bank in `file` if it is there and fits the caches, else built
+    /// with the teacher and written there.
+    pub fn load_or_build(
+        file: &Path,
+        caches: &[Cache],
+        teacher: &TeacherViews,
+        per_crop: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        if !(1..=MAX_BANKED_VIEWS).contains(&per_crop) {
+            bail!("a view bank keeps 1 to {MAX_BANKED_VIEWS} views per crop, not {per_crop}");
+        }
+        let dim = caches.first().map_or(0, |c| c.dim);
+        let shapes: Vec<(usize, usize)> = caches.iter().map(|c| (c.len() * per_crop, dim)).collect();
+        if file.is_file() {
+            let tensors = candle_core::safetensors::load(file, &Device::Cpu)
+                .with_context(|| format!("cannot read the view bank {}", file.display()))?;
+            let features = (0..caches.len())
+                .map(|s| {
+                    let t = tensors
+                        .get(&s.to_string())
+                        .with_context(|| format!("{} lacks source {s}", file.display()))?;
+                    if t.dims2()? != shapes[s] {
+                        bail!(
+                            "the view bank {} does not fit the caches (source {s}: {:?}, expected {:?}); delete it to build it again",
+                            file.display(),
+                            t.dims(),
+                            shapes[s]
+                        );
+                    }
+                    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Self {
+                per_crop,
+                seed,
+                dim,
+                features,
+            });
+        }
+        let mut bank = Self {
+            per_crop,
+            seed,
+            dim,
+            features: Vec::new(),
+        };
+        for (s, cache) in caches.iter().enumerate() {
+            let n = cache.len() * per_crop;
+            let bar = progress(n, &format!("views of source {s}"));
+            let rows: Vec<Vec<f32>> = (0..n)
+                .into_par_iter()
+                .progress_with(bar)
+                .map(|j| teacher.feature(&bank.view(s, cache, j / per_crop, j % per_crop)))
+                .collect::<Result<_>>()?;
+            bank.features.push(rows.concat());
+        }
+        let tensors = bank
+            .features
+            .iter()
+            .zip(&shapes)
+            .enumerate()
+            .map(|(s, (f, &shape))| Ok((s.to_string(), Tensor::from_slice(f, shape, &Device::Cpu)?)))
+            .collect::<Result<std::collections::HashMap<_, _>>>()?;
+        candle_core::safetensors::save(&tensors, file)
+            .with_context(|| format!("cannot write the view bank {}", file.display()))?;
+        Ok(bank)
+    }
+
+    /// Views kept per crop.
+    pub fn per_crop(&self) -> usize {
+        self.per_crop
+    }
+
+    /// View `k` of crop `i` of source `source`: the same image every time.
+    pub fn view(&self, source: usize, cache: &Cache, i: usize, k: usize) -> RgbImage {
+        let which = ((source as u64) << 48) | ((i as u64) << 8) | k as u64;
+        let mut rng = StdRng::seed_from_u64(self.seed.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ which);
+        augmented_view(&cache.crop(i), &mut rng)
+    }
+
+    /// The teacher's feature of that view.
+    pub fn feature(&self, source: usize, i: usize, k: usize) -> &[f32] {
+        &self.features[source][(i * self.per_crop + k) * self.dim..][..self.dim]
     }
 }
 
