@@ -70,7 +70,7 @@ pub struct TrainConfig {
     /// Views kept per crop in a bank whose teacher features are computed
     /// once before the first step (0: every view is new and its feature is
     /// computed in its step; runs saved before this option read back as 0).
-    #[serde(default, skip_serializing_if = "is_none")]
+    #[serde(default, skip_serializing_if = "is_zero_count")]
     pub view_bank: usize,
     /// The architecture.
     pub backbone: BackboneSpec,
@@ -80,7 +80,7 @@ fn is_zero(x: &f64) -> bool {
     *x == 0.0
 }
 
-fn is_none(n: &usize) -> bool {
+fn is_zero_count(n: &usize) -> bool {
     *n == 0
 }
 

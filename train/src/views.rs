@@ -171,7 +171,10 @@ impl ViewBank {
             .enumerate()
             .map(|(s, (f, &shape))| Ok((s.to_string(), Tensor::from_slice(f, shape, &Device::Cpu)?)))
             .collect::<Result<std::collections::HashMap<_, _>>>()?;
-        candle_core::safetensors::save(&tensors, file)
+        // Written whole, then renamed: a run stopped while writing leaves no half bank.
+        let partial = file.with_extension("partial");
+        candle_core::safetensors::save(&tensors, &partial)
+            .and_then(|()| Ok(std::fs::rename(&partial, file)?))
             .with_context(|| format!("cannot write the view bank {}", file.display()))?;
         Ok(bank)
     }
