@@ -268,15 +268,9 @@ impl Trainer {
                 );
             }
         }
-        let bank = match (&teacher, config.view_bank) {
-            (_, 0) => None,
-            (Some(teacher), per_crop) => {
-                std::fs::create_dir_all(dir)?;
-                let file = dir.join("view-bank.safetensors");
-                Some(ViewBank::load_or_build(&file, &caches, teacher, per_crop, config.seed)?)
-            }
-            (None, _) => bail!("a view bank needs augmented views (--augment above 0)"),
-        };
+        if config.view_bank > 0 && teacher.is_none() {
+            bail!("a view bank needs augmented views (--augment above 0)");
+        }
         let classes = [0, 1].map(|i| caches[i].labels.iter().map(|&l| l as usize + 1).max().unwrap_or(0));
         let map = VarMap::new();
         let vb = SeededVars::builder(&map, config.seed, &Device::Cpu);
@@ -298,7 +292,7 @@ impl Trainer {
             config,
             caches,
             teacher,
-            bank,
+            bank: None,
             net,
             heads,
             sgd,
@@ -306,7 +300,14 @@ impl Trainer {
             select_averages,
             step: 0,
         };
+        // The checkpoint's config is checked first: a bank takes minutes to build.
         trainer.resume(dir)?;
+        if let (Some(teacher), per_crop @ 1..) = (&trainer.teacher, trainer.config.view_bank) {
+            std::fs::create_dir_all(dir)?;
+            let file = dir.join("view-bank.safetensors");
+            let bank = ViewBank::load_or_build(&file, &trainer.caches, teacher, per_crop, trainer.config.seed)?;
+            trainer.bank = Some(bank);
+        }
         Ok(trainer)
     }
 
@@ -684,6 +685,13 @@ mod tests {
         assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), written);
         crate::optim::drive(&mut resumed, &root.join("c")).unwrap();
         assert_eq!(a, weights(&resumed), "the kept bank continues the run exactly");
+        // Another view count in a run's folder is another configuration, refused before any bank work.
+        let other = TrainConfig {
+            view_bank: 2,
+            ..config.clone()
+        };
+        let err = Trainer::new(other, &cache, &root.join("c"), teacher()).err().unwrap();
+        assert!(err.to_string().contains("another configuration"), "{err}");
         // A bank that does not fit the caches (another view count) is refused.
         let err = ViewBank::load_or_build(&file, &resumed.caches, &check, 2, config.seed)
             .err()
