@@ -204,10 +204,9 @@ pub fn drive<T: Training>(run: &mut T, dir: &Path) -> Result<()> {
     let start = run.progress();
     let bar = indicatif::ProgressBar::new(start.steps);
     bar.set_position(start.position);
-    let mut log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("log.jsonl"))?;
+    let log_path = dir.join("log.jsonl");
+    drop_log_after(&log_path, start.position)?;
+    let mut log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
     let mut since = (std::time::Instant::now(), start.position);
     while run.progress().position < start.steps {
         let step = run.progress().position;
@@ -234,9 +233,54 @@ pub fn drive<T: Training>(run: &mut T, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Drops the log lines of steps at or after `position`: a run stopped
+/// between checkpoints trains those steps again on resume, and each step
+/// should be logged once.
+fn drop_log_after(path: &Path, position: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let before = |line: &&str| {
+        serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v["step"].as_u64())
+            .is_none_or(|step| step < position)
+    };
+    let kept: Vec<&str> = text.lines().filter(before).collect();
+    if kept.len() == text.lines().count() {
+        return Ok(());
+    }
+    let tmp = path.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, kept.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+    std::fs::rename(tmp, path)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resumed_run_logs_each_step_once() {
+        let dir = std::env::temp_dir().join(format!("normgate-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("log.jsonl");
+        let lines = [
+            "{\"step\":19,\"loss\":1.0}",
+            "{\"step\":39,\"loss\":0.9}",
+            "{\"step\":59,\"loss\":0.8}",
+        ];
+        std::fs::write(&log, lines.map(|l| format!("{l}\n")).concat()).unwrap();
+        // The checkpoint holds 40 steps: the line of step 59 is trained (and logged) again.
+        drop_log_after(&log, 40).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            format!("{}\n{}\n", lines[0], lines[1])
+        );
+        drop_log_after(&log, 0).unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn learning_rate_warms_up_then_decays_to_zero() {
