@@ -2,7 +2,8 @@
 //! the teacher's pseudo-labels (score >= 0.8) on the validation split, on
 //! non-face images, and end to end: LFW verification and EDC of a backbone
 //! when crops are aligned from this detector's landmarks instead of the
-//! teacher's.
+//! teacher's; optionally against the teacher's points averaged over four
+//! placements of each image, to tell its jitter from the detector's error.
 
 use std::path::Path;
 
@@ -31,6 +32,10 @@ pub const MATCH_IOU: f32 = 0.5;
 pub const RECALL_MIN_SIDE: f32 = 32.0;
 /// Face-free regions of validation images added to the non-face set.
 pub const FACE_FREE_REGIONS: usize = 200;
+/// Pixels each validation image is moved for the teacher's further readings
+/// of an averaged reference (besides its reading of the image as it is):
+/// with its finest stride of 8, these put a face at four places on its grid.
+pub const AVERAGED_SHIFTS: [u32; 3] = [2, 4, 6];
 
 /// Recall among reference faces of one size range.
 #[derive(Debug, Clone, Serialize)]
@@ -121,6 +126,23 @@ pub struct DetectorReport {
     pub ms_per_image: f64,
     /// LFW with this detector's landmarks against the teacher's, when a backbone was given.
     pub end_to_end: Option<EndToEnd>,
+    /// The same landmarks against the teacher's points averaged over four
+    /// placements of each image, when a teacher was given for it.
+    pub averaged_reference: Option<AveragedReference>,
+}
+
+/// Landmark error against a steadier reference: the teacher's points of
+/// each face averaged over its readings of the image moved 0, 2, 4 and 6 px.
+/// The teacher's points move with the face's place on its anchor grid; what
+/// remains against their average is the detector's own error.
+#[derive(Debug, Clone, Serialize)]
+pub struct AveragedReference {
+    /// Mean NME over found faces (>= 32 px), over the averaged points' inter-ocular distance.
+    pub nme: f64,
+    /// Its median.
+    pub nme_median: f64,
+    /// Mean number of the teacher's readings averaged per face (at most 4).
+    pub readings: f64,
 }
 
 /// One reference face of the validation split and what the detector made
@@ -229,9 +251,46 @@ fn non_face_images(data: &Path, validation: &[(RgbImage, Vec<Face>)]) -> Result<
     Ok(images)
 }
 
+/// The reference faces' points averaged with `teacher`'s readings of
+/// `image` moved by each of [`AVERAGED_SHIFTS`].
+fn averaged_reference(
+    teacher: &Locator,
+    image: &RgbImage,
+    reference: &[Face],
+    params: &DetectParams,
+) -> Result<Vec<(Face, usize)>> {
+    let readings = AVERAGED_SHIFTS
+        .iter()
+        .map(|&shift| Ok(match_faces(reference, &detect_shifted(teacher, image, params, shift)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(average_readings(reference, &readings))
+}
+
+/// Each reference face with its points averaged with those of the further
+/// `readings` that found it (each reading: one outcome per reference face),
+/// and how many readings that makes, itself included.
+fn average_readings(reference: &[Face], readings: &[Vec<Outcome>]) -> Vec<(Face, usize)> {
+    reference
+        .iter()
+        .enumerate()
+        .map(|(i, face)| {
+            let found: Vec<&Face> = readings.iter().filter_map(|r| r[i].detected.as_ref()).collect();
+            let count = found.len() + 1;
+            let mut averaged = *face;
+            averaged.landmarks = std::array::from_fn(|k| {
+                std::array::from_fn(|c| {
+                    (face.landmarks[k][c] + found.iter().map(|f| f.landmarks[k][c]).sum::<f32>()) / count as f32
+                })
+            });
+            (averaged, count)
+        })
+        .collect()
+}
+
 /// Measures `detector` on the validation split under `data` (pseudo-labels
-/// in `cache_dir`); also every reference face's outcome, the worst found
-/// first, then the missed.
+/// in `cache_dir`), also against `teacher`'s averaged points when given;
+/// also every reference face's outcome, the worst found first, then the
+/// missed.
 pub fn evaluate(
     detector: &Locator,
     data: &Path,
@@ -239,6 +298,7 @@ pub fn evaluate(
     params: &DetectParams,
     backbone: Option<&Model>,
     shift: u32,
+    teacher: Option<&Locator>,
 ) -> Result<(DetectorReport, Vec<FaceOutcome>)> {
     let labels: Vec<_> = crate::pseudo::load(cache_dir)?
         .into_iter()
@@ -267,6 +327,9 @@ pub fn evaluate(
     let outcomes: Vec<&Outcome> = per_image.iter().flatten().collect();
     let ms_per_image =
         start.elapsed().as_secs_f64() * 1e3 * rayon::current_num_threads() as f64 / validation.len().max(1) as f64;
+    let averaged = teacher
+        .map(|teacher| against_averaged_reference(teacher, &validation, &per_image, params))
+        .transpose()?;
     let buckets = BUCKETS
         .iter()
         .map(|&(lo, hi, name)| {
@@ -341,8 +404,49 @@ pub fn evaluate(
         nms_iou: params.nms_iou,
         ms_per_image,
         end_to_end,
+        averaged_reference: averaged,
     };
     Ok((report, faces))
+}
+
+/// The found faces' (>= 32 px) error against `teacher`'s averaged points;
+/// `per_image` holds each validation image's outcomes, matched against the
+/// plain reference.
+fn against_averaged_reference(
+    teacher: &Locator,
+    validation: &[(RgbImage, Vec<Face>)],
+    per_image: &[Vec<Outcome>],
+    params: &DetectParams,
+) -> Result<AveragedReference> {
+    let per_face: Vec<Vec<(Outcome, usize)>> = validation
+        .par_iter()
+        .zip(per_image)
+        .map(|((image, _), outcomes)| {
+            let reference: Vec<Face> = outcomes.iter().map(|o| o.reference).collect();
+            Ok(averaged_reference(teacher, image, &reference, params)?
+                .into_iter()
+                .zip(outcomes)
+                .map(|((face, readings), o)| {
+                    let outcome = Outcome {
+                        reference: face,
+                        detected: o.detected,
+                    };
+                    (outcome, readings)
+                })
+                .collect())
+        })
+        .collect::<Result<_>>()?;
+    let large: Vec<&(Outcome, usize)> = per_face
+        .iter()
+        .flatten()
+        .filter(|(o, _)| o.short_side() >= RECALL_MIN_SIDE && o.detected.is_some())
+        .collect();
+    let errors: Vec<f64> = large.iter().filter_map(|(o, _)| o.nme()).collect();
+    Ok(AveragedReference {
+        nme: mean(&errors),
+        nme_median: percentile(&errors, 0.5),
+        readings: large.iter().map(|(_, n)| *n as f64).sum::<f64>() / large.len().max(1) as f64,
+    })
 }
 
 /// Found faces by falling landmark error, then the missed ones.
@@ -495,6 +599,26 @@ mod tests {
         // Two references over one detection: only one is found.
         let twice = match_faces(&[a, a], &[shifted]);
         assert_eq!(twice.iter().filter(|o| o.nme().is_some()).count(), 1);
+    }
+
+    #[test]
+    fn an_averaged_reference_counts_only_the_readings_that_found_the_face() {
+        let a = synthetic_face([0.0, 0.0, 40.0, 40.0]);
+        let b = synthetic_face([100.0, 0.0, 120.0, 20.0]);
+        let moved = |dx: f32| a.mapped(|[x, y]| [x + dx, y]);
+        // Two further readings find a, 2 px right and 4 px left; neither finds b.
+        let readings = [
+            match_faces(&[a, b], &[moved(2.0)]),
+            match_faces(&[a, b], &[moved(-4.0)]),
+        ];
+        let averaged = average_readings(&[a, b], &readings);
+        assert_eq!((averaged[0].1, averaged[1].1), (3, 1));
+        // a's points move by (0 + 2 - 4) / 3 px; b keeps its own; the boxes stay.
+        for (avg, own) in averaged[0].0.landmarks.iter().zip(a.landmarks) {
+            assert!((avg[0] - (own[0] - 2.0 / 3.0)).abs() < 1e-5 && avg[1] == own[1]);
+        }
+        assert_eq!(averaged[1].0.landmarks, b.landmarks);
+        assert_eq!(averaged[0].0.bbox, a.bbox);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 mod curation_cli;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -169,11 +169,16 @@ struct TeacherArgs {
 impl TeacherArgs {
     /// The teacher detector's model and card.
     fn detector(&self) -> (PathBuf, PathBuf) {
-        (
-            self.models.join("retinaface_mnet025_opset13.onnx"),
-            self.cards.join("retinaface_mnet025.toml"),
-        )
+        teacher_detector(&self.models, &self.cards)
     }
+}
+
+/// The teacher detector's model and card in these folders.
+fn teacher_detector(models: &Path, cards: &Path) -> (PathBuf, PathBuf) {
+    (
+        models.join("retinaface_mnet025_opset13.onnx"),
+        cards.join("retinaface_mnet025.toml"),
+    )
 }
 
 #[derive(clap::Args, Debug)]
@@ -448,6 +453,17 @@ struct EvalDetectorArgs {
     /// (image, boxes, both sets of points, NME), the worst found first.
     #[arg(long)]
     faces: Option<PathBuf>,
+    /// Also measure the landmarks against the teacher detector's points
+    /// averaged over four placements of each image (moved 0, 2, 4, 6 px):
+    /// how much of the error is the teacher's own jitter on its anchor grid.
+    #[arg(long)]
+    averaged_reference: bool,
+    /// Folder of the teacher models (for --averaged-reference).
+    #[arg(long, default_value = "../shared/models")]
+    teacher_models: PathBuf,
+    /// Folder of the teacher model cards (for --averaged-reference).
+    #[arg(long, default_value = "train/teachers")]
+    teacher_cards: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -831,6 +847,16 @@ fn eval_detector(args: EvalDetectorArgs) -> Result<()> {
         score_threshold: args.score_threshold,
         ..Default::default()
     };
+    let teacher = if args.averaged_reference {
+        let (model, card) = teacher_detector(&args.teacher_models, &args.teacher_cards);
+        Some(normgate::landmarks::Locator {
+            detector: normgate::detector::Detector::load(&model, &card)
+                .with_context(|| format!("the teacher detector for --averaged-reference ({})", model.display()))?,
+            refiner: None,
+        })
+    } else {
+        None
+    };
     let (r, faces) = normgate_train::detector_eval::evaluate(
         &detector,
         &args.data,
@@ -838,6 +864,7 @@ fn eval_detector(args: EvalDetectorArgs) -> Result<()> {
         &params,
         backbone.as_ref(),
         args.shift,
+        teacher.as_ref(),
     )?;
     if let (true, Some(model), Some(e)) = (args.update_card, &backbone, &r.end_to_end) {
         eval::set_recommended_threshold(model, e.recommended_threshold as f32)?;
@@ -884,6 +911,14 @@ fn eval_detector(args: EvalDetectorArgs) -> Result<()> {
                 e.teacher_landmarks.fnmr_norm_20,
                 e.detector_landmarks.fnmr_norm_20,
                 e.recommended_threshold
+            ));
+        }
+        if let Some(a) = &r.averaged_reference {
+            text.push_str(&format!(
+                "\nagainst the teacher's points averaged over {:.2} readings: NME {:.2} % (median {:.2} %)",
+                a.readings,
+                100.0 * a.nme,
+                100.0 * a.nme_median
             ));
         }
         text
