@@ -235,16 +235,14 @@ pub fn drive<T: Training>(run: &mut T, dir: &Path) -> Result<()> {
 
 /// Drops the log lines of steps at or after `position`: a run stopped
 /// between checkpoints trains those steps again on resume, and each step
-/// should be logged once.
+/// should be logged once; a line torn by the stop goes too.
 fn drop_log_after(path: &Path, position: u64) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(());
     };
     let before = |line: &&str| {
         serde_json::from_str::<serde_json::Value>(line)
-            .ok()
-            .and_then(|v| v["step"].as_u64())
-            .is_none_or(|step| step < position)
+            .is_ok_and(|v| v["step"].as_u64().is_none_or(|step| step < position))
     };
     let kept: Vec<&str> = text.lines().filter(before).collect();
     if kept.len() == text.lines().count() {
@@ -270,12 +268,20 @@ mod tests {
             "{\"step\":39,\"loss\":0.9}",
             "{\"step\":59,\"loss\":0.8}",
         ];
-        std::fs::write(&log, lines.map(|l| format!("{l}\n")).concat()).unwrap();
+        // The run stopped while writing the line after step 59's.
+        std::fs::write(&log, lines.map(|l| format!("{l}\n")).concat() + "{\"step\":7").unwrap();
         // The checkpoint holds 40 steps: the line of step 59 is trained (and logged) again.
         drop_log_after(&log, 40).unwrap();
         assert_eq!(
             std::fs::read_to_string(&log).unwrap(),
             format!("{}\n{}\n", lines[0], lines[1])
+        );
+        // A torn line goes even when every whole line is kept.
+        std::fs::write(&log, lines.map(|l| format!("{l}\n")).concat() + "{\"st").unwrap();
+        drop_log_after(&log, 60).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            lines.map(|l| format!("{l}\n")).concat()
         );
         drop_log_after(&log, 0).unwrap();
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "");
