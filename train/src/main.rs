@@ -247,9 +247,10 @@ struct TrainArgs {
     teacher_card: PathBuf,
     /// Keep this many fixed views per crop, their teacher features computed
     /// once before the first step (into the run folder), instead of a new
-    /// view with a live teacher feature each time (0).
-    #[arg(long, default_value_t = TrainConfig::default().view_bank)]
-    view_bank: usize,
+    /// view with a live teacher feature each time (0). Default: the recipe's
+    /// bank with `--augment` above 0, none without.
+    #[arg(long)]
+    view_bank: Option<usize>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -685,7 +686,7 @@ fn train(args: TrainArgs) -> Result<()> {
         hem_keep: args.hem_keep,
         seed: args.seed,
         augment: args.augment,
-        view_bank: args.view_bank,
+        view_bank: TrainConfig::view_bank_for(args.augment, args.view_bank),
         backbone: BackboneSpec {
             units: stage_units(args.units.as_deref(), defaults.backbone.units)?,
             ..defaults.backbone

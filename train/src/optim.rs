@@ -11,6 +11,24 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+/// The settings in which a run's saved configuration and the one asked for
+/// differ, as `name: saved -> asked`, so that a refused resume says which
+/// option to give (a setting left out of the saved file is `unset`).
+fn config_differences<C: Serialize>(saved: &C, asked: &C) -> Result<String> {
+    let (saved, asked) = (serde_json::to_value(saved)?, serde_json::to_value(asked)?);
+    let (Some(saved), Some(asked)) = (saved.as_object(), asked.as_object()) else {
+        return Ok(format!("{saved} -> {asked}"));
+    };
+    let names: std::collections::BTreeSet<&String> = saved.keys().chain(asked.keys()).collect();
+    let show = |v: Option<&serde_json::Value>| v.map_or("unset".to_string(), |v| v.to_string());
+    Ok(names
+        .into_iter()
+        .filter(|name| saved.get(*name) != asked.get(*name))
+        .map(|name| format!("{name}: {} -> {}", show(saved.get(name)), show(asked.get(name))))
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
 /// SGD with momentum and classic L2 weight decay, with its velocity kept for checkpoints.
 pub struct Sgd {
     pub(crate) vars: Vec<(String, Var)>,
@@ -76,8 +94,9 @@ impl Sgd {
         let saved: C = read_config(dir)?;
         if saved != *config {
             bail!(
-                "{} was trained with another configuration; use a new --out or the same options",
-                dir.display()
+                "{} was trained with another configuration ({}); use a new --out or the same options",
+                dir.display(),
+                config_differences(&saved, config)?
             );
         }
         let t = candle_core::safetensors::load(&path, &Device::Cpu)?;

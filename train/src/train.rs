@@ -76,6 +76,15 @@ pub struct TrainConfig {
     pub backbone: BackboneSpec,
 }
 
+impl TrainConfig {
+    /// The view bank of a run: `requested` when given, else the recipe's
+    /// bank when there are augmented views to bank and none without them,
+    /// so that `--augment 0` alone still trains.
+    pub fn view_bank_for(augment: f64, requested: Option<usize>) -> usize {
+        requested.unwrap_or(if augment > 0.0 { Self::default().view_bank } else { 0 })
+    }
+}
+
 fn is_zero(x: &f64) -> bool {
     *x == 0.0
 }
@@ -137,7 +146,10 @@ impl Default for TrainConfig {
             // teacher's failures removed at 20 % discard 54 -> 69 %
             // (models/MODELS.md).
             augment: 0.5,
-            view_bank: 0,
+            // The teacher runs on 4 fixed views per crop once, not in every
+            // step: the recipe fits two hours and every figure holds
+            // (models/MODELS.md).
+            view_bank: 4,
             backbone: BackboneSpec {
                 stem: s.stem,
                 widths: s.widths,
@@ -511,6 +523,7 @@ mod tests {
             per_source: [2, 2, 1, 1],
             hem_keep: 0.5,
             augment: 0.0,
+            view_bank: 0,
             norm_select: true,
             backbone: BackboneSpec {
                 stem: 2,
@@ -634,6 +647,20 @@ mod tests {
     }
 
     #[test]
+    fn the_recipes_bank_applies_only_with_augmented_views_unless_asked() {
+        let recipe = TrainConfig::default();
+        assert!(recipe.augment > 0.0 && recipe.view_bank > 0);
+        assert_eq!(TrainConfig::view_bank_for(recipe.augment, None), recipe.view_bank);
+        assert_eq!(TrainConfig::view_bank_for(0.0, None), 0);
+        assert_eq!(TrainConfig::view_bank_for(recipe.augment, Some(0)), 0);
+        assert_eq!(
+            TrainConfig::view_bank_for(0.0, Some(8)),
+            8,
+            "asked for, then refused with why"
+        );
+    }
+
+    #[test]
     fn banked_views_carry_the_teachers_feature_of_that_view_and_the_bank_is_kept_for_a_resumed_run() {
         let (root, cache) = scratch("normgate-train-bank-");
         let config = TrainConfig {
@@ -691,7 +718,16 @@ mod tests {
             ..config.clone()
         };
         let err = Trainer::new(other, &cache, &root.join("c"), teacher()).err().unwrap();
-        assert!(err.to_string().contains("another configuration"), "{err}");
+        assert!(
+            err.to_string().contains("another configuration (view_bank: 3 -> 2)"),
+            "{err}"
+        );
+        let live = TrainConfig {
+            view_bank: 0,
+            ..config.clone()
+        };
+        let err = Trainer::new(live, &cache, &root.join("c"), teacher()).err().unwrap();
+        assert!(err.to_string().contains("(view_bank: 3 -> unset)"), "{err}");
         // A bank that does not fit the caches (another view count) is refused.
         let err = ViewBank::load_or_build(&file, &resumed.caches, &check, 2, config.seed)
             .err()
@@ -715,6 +751,7 @@ mod tests {
                 schedule: Schedule::new(6000, 0.05, 200),
                 beta: 1.0,
                 augment: 0.0,
+                view_bank: 0,
                 ..TrainConfig::default()
             }
         );
