@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::composite::face_free_region;
 use crate::datasets::read_rgb;
 use crate::eval::{lfw_edc, lfw_scores_on, percentile, LfwScores, Model};
+use crate::landmark_train::is_non_frontal;
 use crate::norms::images_under;
 use crate::prepare::{fallback_landmarks, main_face, Cache, CROP};
 use crate::verify::lfw_report;
@@ -51,6 +52,24 @@ pub struct SizeBucket {
     /// Mean landmark error of the found faces (0 without any).
     pub nme: f64,
     /// Their median: far below the mean when a few faces are far off.
+    pub nme_median: f64,
+}
+
+/// Landmark error among the reference faces (>= 32 px) of one pose: the
+/// inter-ocular distance that normalises the error shrinks as a face turns
+/// away, so a few turned faces weigh on the mean far beyond their number.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoseGroup {
+    /// `frontal`, or `non-frontal`: the teacher's eyes closer than
+    /// [`crate::landmark_train::NON_FRONTAL_EYES`] of its box's width.
+    pub pose: String,
+    /// Reference faces of this pose.
+    pub faces: usize,
+    /// Those found.
+    pub found: usize,
+    /// Mean landmark error of the found faces (0 without any).
+    pub nme: f64,
+    /// Their median.
     pub nme_median: f64,
 }
 
@@ -108,6 +127,8 @@ pub struct DetectorReport {
     pub fp_per_image: f64,
     /// Recall per short-side range.
     pub buckets: Vec<SizeBucket>,
+    /// Landmark error of frontal and of non-frontal faces (>= 32 px).
+    pub poses: Vec<PoseGroup>,
     /// Validation images.
     pub validation_images: usize,
     /// Reference faces (all sizes).
@@ -354,6 +375,24 @@ pub fn evaluate(
         .copied()
         .filter(|o| o.short_side() >= RECALL_MIN_SIDE)
         .collect();
+    let poses = [("frontal", false), ("non-frontal", true)]
+        .into_iter()
+        .map(|(name, turned)| {
+            let inside: Vec<&Outcome> = large
+                .iter()
+                .copied()
+                .filter(|o| is_non_frontal(&o.reference) == turned)
+                .collect();
+            let errors = found_errors(&inside);
+            PoseGroup {
+                pose: name.into(),
+                faces: inside.len(),
+                found: errors.len(),
+                nme: mean(&errors),
+                nme_median: percentile(&errors, 0.5),
+            }
+        })
+        .collect();
     let per_landmark: Vec<[f64; 5]> = large.iter().filter_map(|o| o.errors()).collect();
     let offsets: Vec<[[f64; 2]; 5]> = large.iter().filter_map(|o| o.offsets()).collect();
     let errors = found_errors(&large);
@@ -395,6 +434,7 @@ pub fn evaluate(
         }),
         fp_per_image: ratio(false_positives, non_faces.len()),
         buckets,
+        poses,
         validation_images: validation.len(),
         reference_faces: outcomes.len(),
         non_face_images: non_faces.len(),

@@ -7,7 +7,7 @@
 //! reading) around its points moved at random (as far as the first
 //! reading's points stray). Sometimes mirrored, with the detector's
 //! photometric augmentation; the target is the five points as shares of the
-//! crop side, the loss smooth-L1 in crop pixels. The network is the backbone's
+//! crop side, the loss smooth-L1 (or wing) in crop pixels. The network is the backbone's
 //! ([`crate::backbone`]) at a small input with a 10-value output. Optimiser,
 //! schedule, checkpoints and exact resume are the other recipes'.
 
@@ -65,6 +65,14 @@ pub struct RefinerTrainConfig {
     /// first reading inside an upright box (0: none; older runs: none).
     #[serde(default)]
     pub roll: f32,
+    /// Each non-frontal teacher face ([`is_non_frontal`]) enters the draw
+    /// this many times: turned faces are rare, and a refiner that seldom
+    /// sees them places a frontal face's points on them (older runs: 1).
+    #[serde(default = "default_pose_balance")]
+    pub pose_balance: usize,
+    /// The loss on the points' errors (older runs: smooth-L1).
+    #[serde(default)]
+    pub loss: PointLoss,
     /// Teacher faces below this score are not trained on.
     pub min_score: f32,
     /// Teacher faces with a shorter side below this (pixels) are not trained on.
@@ -106,6 +114,66 @@ fn default_start_noise() -> f32 {
     0.07
 }
 
+/// The loss on each coordinate's error, in input pixels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PointLoss {
+    /// Quadratic below one pixel, linear above.
+    #[default]
+    SmoothL1,
+    /// Feng et al.'s wing loss: `width * ln(1 + |e| / epsilon)` below
+    /// `width` pixels, linear above. Its gradient grows as the error
+    /// shrinks, so the last pixels of error weigh more than under L1.
+    Wing { width: f32, epsilon: f32 },
+}
+
+impl PointLoss {
+    /// The mean loss over the errors `diff` (input pixels).
+    fn mean(&self, diff: &Tensor) -> candle_core::Result<Tensor> {
+        let abs = diff.abs()?;
+        let per_coordinate = match *self {
+            Self::SmoothL1 => {
+                let quadratic = (abs.clamp(0.0, 1.0)?.sqr()? * 0.5)?;
+                (quadratic + (abs.clamp(1.0, f64::MAX)? - 1.0)?)?
+            }
+            Self::Wing { width, epsilon } => {
+                let (w, e) = (f64::from(width), f64::from(epsilon));
+                // Below the width the logarithm; above it the logarithm stops
+                // at its value at the width and the error adds linearly.
+                let log = (((abs.clamp(0.0, w)? / e)? + 1.0)?.log()? * w)?;
+                (log + (abs.clamp(w, f64::MAX)? - w)?)?
+            }
+        };
+        per_coordinate.mean_all()
+    }
+
+    /// Refuses parameters without a meaning.
+    fn check(&self) -> Result<()> {
+        if let Self::Wing { width, epsilon } = *self {
+            if !(width > 0.0 && epsilon > 0.0 && width.is_finite() && epsilon.is_finite()) {
+                bail!("--wing {width},{epsilon}: the width and epsilon must be positive pixels");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn default_pose_balance() -> usize {
+    1
+}
+
+/// Eyes closer than this share of the box's width mark a face turned well
+/// away from the camera (frontal faces sit near 0.45; the share falls
+/// towards 0 as a face turns to profile).
+pub const NON_FRONTAL_EYES: f32 = 0.4;
+
+/// Whether a teacher face is turned well away from the camera (its eyes
+/// closer than [`NON_FRONTAL_EYES`] of its box's width).
+pub fn is_non_frontal(face: &Face) -> bool {
+    let [l, r] = [face.landmarks[0], face.landmarks[1]];
+    (r[0] - l[0]).hypot(r[1] - l[1]) < NON_FRONTAL_EYES * (face.bbox[2] - face.bbox[0])
+}
+
 impl Default for RefinerTrainConfig {
     fn default() -> Self {
         Self {
@@ -121,6 +189,8 @@ impl Default for RefinerTrainConfig {
             start_noise: default_start_noise(),
             low_res: 0.0,
             roll: 0.0,
+            pose_balance: default_pose_balance(),
+            loss: PointLoss::SmoothL1,
             min_score: 0.8,
             min_side: 16.0,
             network: RefinerSpec {
@@ -148,6 +218,10 @@ impl RefinerTrainConfig {
         }
         if self.roll > 0.0 && self.crop == RefinerCrop::Landmarks {
             bail!("--roll turns box crops (a first reading); landmark crops are upright by construction: drop --roll or use --crop box");
+        }
+        self.loss.check()?;
+        if self.pose_balance == 0 {
+            bail!("--pose-balance 0 would draw no turned face: use 1 to draw every face alike");
         }
         if !(self.start_noise >= 0.0 && self.start_noise.is_finite()) {
             bail!("--start-noise {} must be a finite share >= 0", self.start_noise);
@@ -235,7 +309,7 @@ fn starting_points(face: &Face, noise: f32, rng: &mut impl Rng) -> [[f32; 2]; 5]
 pub struct RefinerStepLog {
     /// Step number (from 0).
     pub step: u64,
-    /// Smooth-L1 loss per coordinate, in input pixels.
+    /// The loss per coordinate ([`PointLoss`]), in input pixels.
     pub loss: f32,
     /// Mean distance of a point from its target, in input pixels.
     pub point_error: f32,
@@ -247,7 +321,7 @@ pub struct RefinerStepLog {
 pub struct RefinerTrainer {
     config: RefinerTrainConfig,
     scenes: Vec<(RgbImage, Vec<Face>)>,
-    /// (scene, face) pairs that qualify for training.
+    /// (scene, face) pairs that qualify for training, each as many times as it is drawn.
     faces: Vec<(usize, usize)>,
     net: Backbone,
     sgd: Sgd,
@@ -257,6 +331,7 @@ pub struct RefinerTrainer {
 impl RefinerTrainer {
     /// Builds the network, from `dir`'s checkpoint if it has one.
     pub fn new(config: RefinerTrainConfig, scenes: Vec<(RgbImage, Vec<Face>)>, dir: &Path) -> Result<Self> {
+        let pose_balance = config.pose_balance;
         let faces: Vec<(usize, usize)> = scenes
             .iter()
             .enumerate()
@@ -265,7 +340,10 @@ impl RefinerTrainer {
                     .iter()
                     .enumerate()
                     .filter(|(_, f)| f.score >= config.min_score && f.short_side() >= config.min_side)
-                    .map(move |(i, _)| (s, i))
+                    .flat_map(move |(i, f)| {
+                        let draws = if is_non_frontal(f) { pose_balance } else { 1 };
+                        std::iter::repeat_n((s, i), draws)
+                    })
             })
             .collect();
         if faces.is_empty() {
@@ -290,9 +368,15 @@ impl RefinerTrainer {
         })
     }
 
-    /// Faces that qualify for training.
-    pub fn faces(&self) -> usize {
-        self.faces.len()
+    /// Faces that qualify for training, and how many of them are non-frontal.
+    pub fn faces(&self) -> (usize, usize) {
+        let mut distinct = self.faces.clone();
+        distinct.dedup();
+        let non_frontal = distinct
+            .iter()
+            .filter(|&&(s, f)| is_non_frontal(&self.scenes[s].1[f]))
+            .count();
+        (distinct.len(), non_frontal)
     }
 
     /// This step's crops (normalised CHW) and targets (shares).
@@ -325,12 +409,9 @@ impl Training for RefinerTrainer {
     fn train_step(&mut self) -> Result<RefinerStepLog> {
         let (x, target) = self.batch()?;
         let side = self.config.network.input as f64;
-        // Errors in input pixels: smooth-L1 with a one-pixel knee.
+        // Errors in input pixels.
         let diff = ((self.net.forward(&x)? - &target)? * side)?;
-        let abs = diff.abs()?;
-        let quadratic = (abs.clamp(0.0, 1.0)?.sqr()? * 0.5)?;
-        let linear = (abs.clamp(1.0, f64::MAX)? - 1.0)?;
-        let loss = (quadratic + linear)?.mean_all()?;
+        let loss = self.config.loss.mean(&diff)?;
         let grads = loss.backward()?;
         let lr = self.sgd.step(&grads, &self.config.schedule, self.step)?;
         let point_error = diff
@@ -379,6 +460,16 @@ mod tests {
             bbox: [40.0, 30.0, 90.0, 100.0],
             score: 0.99,
             landmarks: [[52.0, 55.0], [78.0, 55.0], [65.0, 70.0], [55.0, 85.0], [75.0, 85.0]],
+        }
+    }
+
+    /// A network small enough for a test to build and train in a moment.
+    fn tiny_network() -> RefinerSpec {
+        RefinerSpec {
+            input: 16,
+            stem: 2,
+            widths: [2, 2, 2],
+            units: [0, 0, 0],
         }
     }
 
@@ -464,9 +555,63 @@ mod tests {
             },
             "--start-noise",
         );
+        refused(
+            RefinerTrainConfig {
+                pose_balance: 0,
+                ..ok.clone()
+            },
+            "--pose-balance 0",
+        );
         let mut odd = ok;
         odd.network.input = 72;
         refused(odd, "--input 72");
+    }
+
+    #[test]
+    fn non_frontal_faces_enter_the_draw_as_often_as_asked() {
+        let frontal = face();
+        assert!(!is_non_frontal(&frontal), "eyes 26 px apart in a 50 px box");
+        // The same face turned towards profile: the eyes 12 px apart.
+        let mut turned = face();
+        turned.landmarks[1] = [64.0, 55.0];
+        assert!(is_non_frontal(&turned));
+        let image = RgbImage::new(160, 140);
+        let scenes = vec![(image.clone(), vec![frontal, turned]), (image, vec![turned])];
+        let config = RefinerTrainConfig {
+            pose_balance: 3,
+            network: tiny_network(),
+            ..RefinerTrainConfig::default()
+        };
+        let dir = std::env::temp_dir().join(format!("normgate-pose-{}", std::process::id()));
+        let trainer = RefinerTrainer::new(config, scenes, &dir).unwrap();
+        assert_eq!(trainer.faces(), (3, 2));
+        assert_eq!(trainer.faces, [(0, 0), (0, 1), (0, 1), (0, 1), (1, 0), (1, 0), (1, 0)]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_point_losses_follow_their_formulas() {
+        let errors = [0.5f32, -2.0, 6.0];
+        let diff = Tensor::new(&errors, &Device::Cpu).unwrap();
+        let mean = |loss: PointLoss| loss.mean(&diff).unwrap().to_scalar::<f32>().unwrap();
+        // Huber with a one-pixel knee: e^2 / 2 below it, |e| - 1/2 above.
+        let smooth = (0.5 * 0.5 * 0.5 + 1.5 + 5.5) / 3.0;
+        assert!((mean(PointLoss::SmoothL1) - smooth).abs() < 1e-5);
+        // Width 4, epsilon 1: logarithmic below 4 px, then linear and continuous at 4 px.
+        let wing = PointLoss::Wing {
+            width: 4.0,
+            epsilon: 1.0,
+        };
+        let expected = (4.0 * 1.5f32.ln() + 4.0 * 3.0f32.ln() + 4.0 * 5.0f32.ln() + 2.0) / 3.0;
+        assert!((mean(wing) - expected).abs() < 1e-5, "{} vs {expected}", mean(wing));
+        let refused = RefinerTrainConfig {
+            loss: PointLoss::Wing {
+                width: 4.0,
+                epsilon: 0.0,
+            },
+            ..RefinerTrainConfig::default()
+        };
+        assert!(refused.check().unwrap_err().to_string().contains("--wing 4,0"));
     }
 
     #[test]
@@ -511,12 +656,7 @@ mod tests {
                 ..Schedule::new(4, 0.001, 1)
             },
             batch: 4,
-            network: RefinerSpec {
-                input: 16,
-                stem: 2,
-                widths: [2, 2, 2],
-                units: [0, 0, 0],
-            },
+            network: tiny_network(),
             ..RefinerTrainConfig::default()
         };
         let root = std::env::temp_dir().join(format!("normgate-refiner-{}", std::process::id()));

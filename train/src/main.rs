@@ -13,7 +13,7 @@ use normgate_train::detector_train::{
     calibration_frames, training_scenes, DetectorSet, DetectorTrainConfig, DetectorTrainer,
 };
 use normgate_train::eval;
-use normgate_train::landmark_train::{RefinerSpec, RefinerTrainConfig, RefinerTrainer};
+use normgate_train::landmark_train::{PointLoss, RefinerSpec, RefinerTrainConfig, RefinerTrainer};
 use normgate_train::optim::{Schedule, Training};
 use normgate_train::prepare;
 use normgate_train::train::{BackboneSpec, TrainConfig, Trainer};
@@ -328,6 +328,14 @@ struct TrainLandmarksArgs {
     /// about the box's centre, for faces rolled in the frame.
     #[arg(long, default_value_t = RefinerTrainConfig::default().roll)]
     roll: f32,
+    /// Draw each non-frontal face (eyes closer than 0.4 of the box's width)
+    /// this many times as often as a frontal one.
+    #[arg(long, default_value_t = RefinerTrainConfig::default().pose_balance)]
+    pose_balance: usize,
+    /// Wing loss on the points (width,epsilon in input pixels, e.g. 4,1)
+    /// instead of smooth-L1.
+    #[arg(long, value_delimiter = ',')]
+    wing: Option<Vec<f32>>,
     /// Seed of weights and batches.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -776,14 +784,21 @@ fn train_landmarks(args: TrainLandmarksArgs) -> Result<()> {
         start_noise: args.start_noise,
         low_res: args.low_res,
         roll: args.roll,
+        pose_balance: args.pose_balance,
+        loss: match args.wing.as_deref() {
+            Some(&[width, epsilon]) => PointLoss::Wing { width, epsilon },
+            Some(_) => anyhow::bail!("--wing takes two values: width,epsilon"),
+            None => PointLoss::SmoothL1,
+        },
         ..defaults
     };
     config.check()?;
     let scenes = training_scenes(&args.data, &args.cache, threads(args.threads))?;
     let mut trainer = RefinerTrainer::new(config, scenes, &args.out)?;
+    let (faces, non_frontal) = trainer.faces();
     eprintln!(
-        "{} teacher faces to train on, loaded in {:.0} s",
-        trainer.faces(),
+        "{faces} teacher faces to train on ({non_frontal} non-frontal, each drawn {}x), loaded in {:.0} s",
+        args.pose_balance,
         start.elapsed().as_secs_f64()
     );
     drive_to_end(&mut trainer, &args.out, start)
@@ -890,8 +905,22 @@ fn eval_detector(args: EvalDetectorArgs) -> Result<()> {
                 )
             })
             .collect();
+        let poses: Vec<String> = r
+            .poses
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {}/{} NME {:.1} % (median {:.1} %)",
+                    p.pose,
+                    p.found,
+                    p.faces,
+                    100.0 * p.nme,
+                    100.0 * p.nme_median
+                )
+            })
+            .collect();
         let mut text = format!(
-            "recall (>= 32 px) {:.4}, NME {:.2} % (median {:.2} %, 90th percentile {:.2} %), {:.3} false positives per non-face image ({} images); by size: {}; {:.1} ms per image",
+            "recall (>= 32 px) {:.4}, NME {:.2} % (median {:.2} %, 90th percentile {:.2} %), {:.3} false positives per non-face image ({} images); by size: {}; by pose: {}; {:.1} ms per image",
             r.recall,
             100.0 * r.nme,
             100.0 * r.nme_median,
@@ -899,6 +928,7 @@ fn eval_detector(args: EvalDetectorArgs) -> Result<()> {
             r.fp_per_image,
             r.non_face_images,
             buckets.join(", "),
+            poses.join(", "),
             r.ms_per_image
         );
         if let Some(e) = &r.end_to_end {
