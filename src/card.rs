@@ -54,7 +54,9 @@ pub struct RefinerCard {
     /// What the crop is cut around.
     #[serde(default)]
     pub crop: RefinerCrop,
-    /// Box crops: side of the square crop as a multiple of the detected box's longer side.
+    /// Box crops: side of the square crop as a multiple of the detected
+    /// box's longer side. Landmark crops: side as a multiple of the aligned
+    /// square's (absent: 1, the eyes 0.35 of the side apart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expand: Option<f32>,
     /// Also read the mirrored crop and average the two readings (twice the
@@ -76,7 +78,8 @@ pub enum RefinerCrop {
     #[default]
     Box,
     /// The square that puts the points found so far at fixed places
-    /// ([`crate::landmarks::ALIGNED_SHARES`]): upright, one scale.
+    /// ([`crate::landmarks::ALIGNED_SHARES`]): upright, one scale (the
+    /// square scaled by `expand` when the card gives one).
     Landmarks,
 }
 
@@ -187,8 +190,9 @@ impl ModelCard {
                     (RefinerCrop::Box, Some(e)) if (1.0..=4.0).contains(&e) => {}
                     (RefinerCrop::Box, e) => bail!("a box refiner needs expand in [1, 4], not {e:?}"),
                     (RefinerCrop::Landmarks, None) => {}
-                    (RefinerCrop::Landmarks, Some(_)) => {
-                        bail!("expand is for box refiners; a landmark refiner's crop is fixed")
+                    (RefinerCrop::Landmarks, Some(e)) if (0.5..=2.0).contains(&e) => {}
+                    (RefinerCrop::Landmarks, Some(e)) => {
+                        bail!("a landmark refiner's expand (its crop's side against the aligned square's) must be in [0.5, 2], not {e}")
                     }
                 }
             }
@@ -292,7 +296,9 @@ mod tests {
         let aligned: ModelCard = toml::from_str(&landmarks).unwrap();
         aligned.validate().unwrap();
         assert_eq!(aligned.refiner.unwrap().crop, RefinerCrop::Landmarks);
-        assert!(err(&format!("{landmarks}expand = 1.25\n")).contains("expand is for box refiners"));
+        let zoomed: ModelCard = toml::from_str(&format!("{landmarks}expand = 0.8\n")).unwrap();
+        zoomed.validate().unwrap();
+        assert!(err(&format!("{landmarks}expand = 2.5\n")).contains("must be in [0.5, 2], not 2.5"));
         assert!(err(&landmarks.replace("\ncrop = \"landmarks\"", "")).contains("needs expand"));
         assert!(err(&format!("{EMBEDDER}[refiner]\noutput = \"x\"\nexpand = 1.2\n")).contains("exactly one"));
     }

@@ -68,6 +68,15 @@ impl Region {
         }
     }
 
+    /// The same square scaled by `factor` about its centre: below 1 a
+    /// crop of it shows the face larger (more pixels between the eyes at
+    /// one input size), above 1 with more of its surroundings.
+    pub fn scaled(&self, factor: f32) -> Self {
+        Self {
+            to_frame: self.to_frame.after(&Similarity::about([0.5, 0.5], factor, 0.0)),
+        }
+    }
+
     /// The region's side in frame pixels.
     pub fn side(&self) -> f32 {
         self.to_frame.scale()
@@ -123,8 +132,9 @@ pub const MIRRORED: [usize; 5] = [1, 0, 2, 4, 3];
 enum CropRule {
     /// Around the detected box, `expand` times its longer side.
     Box { expand: f32 },
-    /// Around the points found so far ([`Region::on_landmarks`]).
-    Landmarks,
+    /// Around the points found so far ([`Region::on_landmarks`]), the
+    /// square scaled by `side` ([`Region::scaled`]).
+    Landmarks { side: f32 },
 }
 
 /// A loaded landmark refiner, with the refiner that reads its points again, if any.
@@ -162,7 +172,7 @@ impl Refiner {
         check_model(&next, "next landmark refiner", "refiner")
             .with_context(|| format!("the next refiner of {}", card.display()))?;
         let second = Self::load_chain(&next, &ModelCard::path_for(&next), position + 1)?;
-        if second.crop != CropRule::Landmarks {
+        if !matches!(second.crop, CropRule::Landmarks { .. }) {
             bail!(
                 "{}: a next refiner must cut landmark crops (crop = \"landmarks\")",
                 next.display()
@@ -185,7 +195,9 @@ impl Refiner {
             crop: match (r.crop, r.expand) {
                 (RefinerCrop::Box, Some(expand)) => CropRule::Box { expand },
                 (RefinerCrop::Box, None) => bail!("{}: a box refiner's card needs expand", model.display()),
-                (RefinerCrop::Landmarks, _) => CropRule::Landmarks,
+                (RefinerCrop::Landmarks, side) => CropRule::Landmarks {
+                    side: side.unwrap_or(1.0),
+                },
             },
             mirror: r.mirror,
             next: None,
@@ -196,7 +208,7 @@ impl Refiner {
     pub fn region(&self, face: &Face) -> Result<Region> {
         match self.crop {
             CropRule::Box { expand } => Ok(Region::around(face.bbox, expand)),
-            CropRule::Landmarks => Region::on_landmarks(&face.landmarks),
+            CropRule::Landmarks { side } => Ok(Region::on_landmarks(&face.landmarks)?.scaled(side)),
         }
     }
 
@@ -299,7 +311,7 @@ mod tests {
         let second = locator.refiner.as_ref().and_then(|r| r.next.as_deref());
         assert_eq!(
             second.map(|r| r.crop),
-            Some(CropRule::Landmarks),
+            Some(CropRule::Landmarks { side: 1.0 }),
             "the shipped card chains the second reading"
         );
         let image = image::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/astronaut.png"))
@@ -411,6 +423,16 @@ mod tests {
             .unwrap();
         assert_eq!(chain.landmarks(&image, &face).unwrap(), expected);
         assert_ne!(expected, first);
+        // A landmark card's expand scales the aligned square.
+        std::fs::write(dir.join("zoomed.toml"), format!("{landmark_card}expand = 0.8\n")).unwrap();
+        let zoomed = Refiner::load(&dir.join("second.onnx"), &dir.join("zoomed.toml")).unwrap();
+        let at_first = Face {
+            landmarks: first,
+            ..face
+        };
+        let aligned = Region::on_landmarks(&first).unwrap();
+        assert_eq!(second_alone.region(&at_first).unwrap(), aligned);
+        assert_eq!(zoomed.region(&at_first).unwrap(), aligned.scaled(0.8));
         // A loop of next refiners, a box refiner as the next one, and a missing one are refused at load.
         std::fs::write(
             dir.join("second.toml"),
@@ -467,6 +489,22 @@ mod tests {
         assert!(close(t.from_shares([1.0, 0.5]), [30.0, 120.0]));
         assert!(close(t.to_shares([30.0, 120.0]), [1.0, 0.5]));
         assert!(close(r.turned(0.0).from_shares([0.2, 0.9]), r.from_shares([0.2, 0.9])));
+    }
+
+    #[test]
+    fn a_scaled_region_keeps_its_centre_and_moves_the_points_apart_in_its_crop() {
+        let r = Region::around([10.0, 20.0, 50.0, 100.0], 1.5).turned(0.3);
+        let zoomed = r.scaled(0.8);
+        assert!((zoomed.side() - 0.8 * r.side()).abs() < 1e-3);
+        let centre = r.from_shares([0.5, 0.5]);
+        let moved = zoomed.from_shares([0.5, 0.5]);
+        assert!((centre[0] - moved[0]).abs() < 1e-3 && (centre[1] - moved[1]).abs() < 1e-3);
+        // A frame point a quarter side from the centre is 0.25 / 0.8 of the zoomed crop's side away.
+        let [u, v] = zoomed.to_shares(r.from_shares([0.75, 0.5]));
+        assert!(
+            (u - (0.5 + 0.25 / 0.8)).abs() < 1e-4 && (v - 0.5).abs() < 1e-4,
+            "{u} {v}"
+        );
     }
 
     #[test]

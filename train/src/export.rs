@@ -314,7 +314,8 @@ pub fn refiner_card(config: &BackboneConfig, crop: RefinerCrop, expand: f32) -> 
         refiner: Some(normgate::card::RefinerCard {
             output: OUTPUT.into(),
             crop,
-            expand: (crop == RefinerCrop::Box).then_some(expand),
+            // An aligned square of side 1 is the default and stays unwritten.
+            expand: (crop == RefinerCrop::Box || expand != 1.0).then_some(expand),
             mirror: true,
             next: None,
         }),
@@ -435,7 +436,7 @@ pub fn export_refiner_run(
     use candle_core::{Device, Tensor};
     let (net, map, config) = crate::landmark_train::load_refiner(run)?;
     let network = config.network.config();
-    let mut card = refiner_card(&network, config.crop, config.expand);
+    let mut card = refiner_card(&network, config.crop, config.card_expand());
     if let Some(r) = card.refiner.as_mut() {
         r.next = next;
     }

@@ -11,9 +11,9 @@
 //! ([`crate::backbone`]) at a small input with a 10-value output. Optimiser,
 //! schedule, checkpoints and exact resume are the other recipes'.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use image::imageops::flip_horizontal;
@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::backbone::{Backbone, BackboneConfig, ConvImpl};
 use crate::detector_data::{mirror_landmarks, photometric};
 use crate::detector_train::chw;
-use crate::optim::{read_config, Progress, Schedule, Sgd, Training};
+use crate::optim::{load_weights, read_config, Progress, Schedule, Sgd, Training};
 use crate::vars::SeededVars;
 
 /// Everything that defines a refiner run; saved beside its checkpoint.
@@ -56,6 +56,10 @@ pub struct RefinerTrainConfig {
     /// (each point, and the whole face's shift, turn in radians and scale).
     #[serde(default = "default_start_noise")]
     pub start_noise: f32,
+    /// Landmark crops: the aligned square scaled by this ([`Region::scaled`];
+    /// below 1 the face fills more of the input; the card's `expand`).
+    #[serde(default = "default_aligned_side")]
+    pub aligned_side: f32,
     /// Share of crops cut at a low resolution (16 to 56 px across) and
     /// scaled up to the input, as small faces reach the refiner.
     #[serde(default)]
@@ -73,6 +77,11 @@ pub struct RefinerTrainConfig {
     /// The loss on the points' errors (older runs: smooth-L1).
     #[serde(default)]
     pub loss: PointLoss,
+    /// A finished refiner run of the same network whose weights this run
+    /// starts from, its schedule begun afresh (a warm restart: more steps
+    /// for a trained network without training it again from scratch).
+    #[serde(default)]
+    pub warm_start: Option<PathBuf>,
     /// Teacher faces below this score are not trained on.
     pub min_score: f32,
     /// Teacher faces with a shorter side below this (pixels) are not trained on.
@@ -112,6 +121,11 @@ impl RefinerSpec {
 /// so a standard deviation near 6 % per axis), with room to spare.
 fn default_start_noise() -> f32 {
     0.07
+}
+
+/// The aligned square as the device cut it before the side could be set.
+fn default_aligned_side() -> f32 {
+    1.0
 }
 
 /// The loss on each coordinate's error, in input pixels.
@@ -187,10 +201,12 @@ impl Default for RefinerTrainConfig {
             box_scale: 0.1,
             crop: RefinerCrop::Box,
             start_noise: default_start_noise(),
+            aligned_side: default_aligned_side(),
             low_res: 0.0,
             roll: 0.0,
             pose_balance: default_pose_balance(),
             loss: PointLoss::SmoothL1,
+            warm_start: None,
             min_score: 0.8,
             min_side: 16.0,
             network: RefinerSpec {
@@ -204,6 +220,14 @@ impl Default for RefinerTrainConfig {
 }
 
 impl RefinerTrainConfig {
+    /// The card's `expand`: the box crop's, or the aligned square's side.
+    pub fn card_expand(&self) -> f32 {
+        match self.crop {
+            RefinerCrop::Box => self.expand,
+            RefinerCrop::Landmarks => self.aligned_side,
+        }
+    }
+
     /// Refuses settings that cannot train, or that would be silently ignored.
     pub fn check(&self) -> Result<()> {
         let input = self.network.input;
@@ -222,6 +246,12 @@ impl RefinerTrainConfig {
         self.loss.check()?;
         if self.pose_balance == 0 {
             bail!("--pose-balance 0 would draw no turned face: use 1 to draw every face alike");
+        }
+        if !(0.5..=2.0).contains(&self.aligned_side) {
+            bail!("--aligned-side {} must be in [0.5, 2]", self.aligned_side);
+        }
+        if self.aligned_side != 1.0 && self.crop == RefinerCrop::Box {
+            bail!("--aligned-side scales landmark crops (a second reading): drop it or use --crop landmarks");
         }
         if !(self.start_noise >= 0.0 && self.start_noise.is_finite()) {
             bail!("--start-noise {} must be a finite share >= 0", self.start_noise);
@@ -246,7 +276,9 @@ pub fn training_crop(
                 region
             }
         }
-        RefinerCrop::Landmarks => Region::on_landmarks(&starting_points(face, config.start_noise, rng))?,
+        RefinerCrop::Landmarks => {
+            Region::on_landmarks(&starting_points(face, config.start_noise, rng))?.scaled(config.aligned_side)
+        }
     };
     let size = config.network.input as u32;
     let mut crop = if config.low_res > 0.0 && rng.random_bool(f64::from(config.low_res)) {
@@ -358,6 +390,19 @@ impl RefinerTrainer {
         let net = Backbone::new(config.network.config(), ConvImpl::Fast, vb.pp("refiner"))?;
         let mut sgd = Sgd::new(&map)?;
         let step = sgd.resume(dir, &config)?;
+        if let (0, Some(source)) = (step, &config.warm_start) {
+            let trained: RefinerTrainConfig = read_config(source)?;
+            if trained.network != config.network {
+                bail!(
+                    "--warm-start {}: its network ({:?}) is not this run's ({:?}); use the same --input and --units",
+                    source.display(),
+                    trained.network,
+                    config.network
+                );
+            }
+            load_weights(&map, source).with_context(|| format!("--warm-start {}", source.display()))?;
+            log::info!("starting from the weights of {}", source.display());
+        }
         Ok(Self {
             config,
             scenes,
@@ -495,7 +540,22 @@ mod tests {
             roll: 90.0,
             ..RefinerTrainConfig::default()
         };
-        let configs = [boxes, landmarks, rolled].map(|c| std::iter::repeat_n(c, 40));
+        let zoomed = RefinerTrainConfig {
+            aligned_side: 0.8,
+            ..landmarks.clone()
+        };
+        // Without start noise the zoomed crop shows the same eyes 1 / 0.8 times as far apart.
+        let eyes = |config: &RefinerTrainConfig| {
+            let still = RefinerTrainConfig {
+                start_noise: 0.0,
+                ..config.clone()
+            };
+            let (_, p) = training_crop(&image, &f, &still, &mut StdRng::seed_from_u64(1)).unwrap();
+            (p[1][0] - p[0][0]).hypot(p[1][1] - p[0][1])
+        };
+        assert!((eyes(&zoomed) - eyes(&landmarks) / 0.8).abs() < 1e-4);
+        assert_eq!(zoomed.card_expand(), 0.8);
+        let configs = [boxes, landmarks, rolled, zoomed].map(|c| std::iter::repeat_n(c, 40));
         for config in configs.into_iter().flatten() {
             let (crop, points) = training_crop(&image, &f, &config, &mut rng).unwrap();
             // Left eye left of the right eye, mirrored or not, unless the face was rolled.
@@ -561,6 +621,22 @@ mod tests {
                 ..ok.clone()
             },
             "--pose-balance 0",
+        );
+        refused(
+            RefinerTrainConfig {
+                aligned_side: 0.8,
+                ..ok.clone()
+            },
+            "--aligned-side scales landmark crops",
+        );
+        refused(
+            RefinerTrainConfig {
+                crop: RefinerCrop::Landmarks,
+                roll: 0.0,
+                aligned_side: 3.0,
+                ..ok.clone()
+            },
+            "--aligned-side 3 must be in [0.5, 2]",
         );
         let mut odd = ok;
         odd.network.input = 72;
@@ -681,6 +757,56 @@ mod tests {
         };
         let err = RefinerTrainer::new(strict, scenes, &root.join("c")).err().unwrap();
         assert!(err.to_string().contains("no teacher face"), "{err}");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_warm_start_begins_from_the_trained_weights_and_refuses_another_network() {
+        let image = RgbImage::from_fn(160, 140, |x, y| image::Rgb([(x * y) as u8, y as u8, x as u8]));
+        let scenes = vec![(image, vec![face()])];
+        let config = RefinerTrainConfig {
+            schedule: Schedule::new(3, 0.001, 1),
+            batch: 4,
+            network: tiny_network(),
+            ..RefinerTrainConfig::default()
+        };
+        let root = std::env::temp_dir().join(format!("normgate-warm-{}", std::process::id()));
+        let weights = |t: &RefinerTrainer| {
+            t.sgd
+                .vars
+                .iter()
+                .map(|(_, v)| v.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .collect::<Vec<_>>()
+        };
+        let mut source = RefinerTrainer::new(config.clone(), scenes.clone(), &root.join("source")).unwrap();
+        crate::optim::drive(&mut source, &root.join("source")).unwrap();
+        let warm = RefinerTrainConfig {
+            seed: 2,
+            warm_start: Some(root.join("source")),
+            ..config.clone()
+        };
+        let restarted = RefinerTrainer::new(warm.clone(), scenes.clone(), &root.join("warm")).unwrap();
+        assert_eq!(restarted.step, 0, "the schedule begins afresh");
+        assert_eq!(weights(&restarted), weights(&source));
+        let fresh = RefinerTrainer::new(
+            RefinerTrainConfig {
+                warm_start: None,
+                ..warm.clone()
+            },
+            scenes.clone(),
+            &root.join("fresh"),
+        )
+        .unwrap();
+        assert_ne!(weights(&fresh), weights(&source), "seed 2 alone starts elsewhere");
+        let other = RefinerTrainConfig {
+            network: RefinerSpec {
+                input: 32,
+                ..tiny_network()
+            },
+            ..warm
+        };
+        let err = RefinerTrainer::new(other, scenes, &root.join("other")).err().unwrap();
+        assert!(err.to_string().contains("is not this run's"), "{err}");
         std::fs::remove_dir_all(root).unwrap();
     }
 }

@@ -321,6 +321,10 @@ struct TrainLandmarksArgs {
     /// Landmark crops: how far the starting points stray, as a share of the eyes' distance.
     #[arg(long, default_value_t = RefinerTrainConfig::default().start_noise)]
     start_noise: f32,
+    /// Landmark crops: scale the aligned square by this (below 1: the face
+    /// fills more of the input, the eyes 0.35 / S of the side apart).
+    #[arg(long, default_value_t = RefinerTrainConfig::default().aligned_side)]
+    aligned_side: f32,
     /// Share of crops cut at a low resolution and scaled up (as small faces look).
     #[arg(long, default_value_t = RefinerTrainConfig::default().low_res)]
     low_res: f32,
@@ -336,6 +340,10 @@ struct TrainLandmarksArgs {
     /// instead of smooth-L1.
     #[arg(long, value_delimiter = ',')]
     wing: Option<Vec<f32>>,
+    /// Start from this finished refiner run's weights (same --input and
+    /// --units), with a fresh schedule of --steps: a warm restart.
+    #[arg(long)]
+    warm_start: Option<PathBuf>,
     /// Seed of weights and batches.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -782,6 +790,7 @@ fn train_landmarks(args: TrainLandmarksArgs) -> Result<()> {
         seed: args.seed,
         crop: args.crop,
         start_noise: args.start_noise,
+        aligned_side: args.aligned_side,
         low_res: args.low_res,
         roll: args.roll,
         pose_balance: args.pose_balance,
@@ -790,6 +799,7 @@ fn train_landmarks(args: TrainLandmarksArgs) -> Result<()> {
             Some(_) => anyhow::bail!("--wing takes two values: width,epsilon"),
             None => PointLoss::SmoothL1,
         },
+        warm_start: args.warm_start,
         ..defaults
     };
     config.check()?;
@@ -826,7 +836,7 @@ fn export(
         let card = normgate_train::export::detector_card(&config.network, config.anchor_sizes);
         export_detector_run(run, out, &calibration_frames(data, cache, 16, &card)?)?
     } else if let Some(config) = refiner {
-        let card = refiner_card(&config.network.config(), config.crop, config.expand);
+        let card = refiner_card(&config.network.config(), config.crop, config.card_expand());
         export_refiner_run(run, out, &calibration_frames(data, cache, 16, &card)?, next)?
     } else {
         export_run(run, out, &prepare::Cache::load(cache, "lfw_train")?, 256)?
