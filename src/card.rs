@@ -70,6 +70,11 @@ pub struct RefinerCard {
     pub next: Option<PathBuf>,
 }
 
+/// The sides a landmark refiner's crop may have (the card's `expand`), as
+/// multiples of the aligned square's: the device reads and training cuts
+/// within the same bounds.
+pub const ALIGNED_SIDES: std::ops::RangeInclusive<f32> = 0.5..=2.0;
+
 /// What a landmark refiner's crop is cut around.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -190,10 +195,12 @@ impl ModelCard {
                     (RefinerCrop::Box, Some(e)) if (1.0..=4.0).contains(&e) => {}
                     (RefinerCrop::Box, e) => bail!("a box refiner needs expand in [1, 4], not {e:?}"),
                     (RefinerCrop::Landmarks, None) => {}
-                    (RefinerCrop::Landmarks, Some(e)) if (0.5..=2.0).contains(&e) => {}
-                    (RefinerCrop::Landmarks, Some(e)) => {
-                        bail!("a landmark refiner's expand (its crop's side against the aligned square's) must be in [0.5, 2], not {e}")
-                    }
+                    (RefinerCrop::Landmarks, Some(e)) if ALIGNED_SIDES.contains(&e) => {}
+                    (RefinerCrop::Landmarks, Some(e)) => bail!(
+                        "a landmark refiner's expand (its crop's side against the aligned square's) must be in [{}, {}], not {e}",
+                        ALIGNED_SIDES.start(),
+                        ALIGNED_SIDES.end()
+                    ),
                 }
             }
             _ => bail!("a card needs exactly one of the sections [embedder], [detector] and [refiner]"),

@@ -18,7 +18,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use image::imageops::flip_horizontal;
 use image::RgbImage;
-use normgate::card::RefinerCrop;
+use normgate::card::{RefinerCrop, ALIGNED_SIDES};
 use normgate::detector::Face;
 use normgate::landmarks::Region;
 use rand::rngs::StdRng;
@@ -247,8 +247,13 @@ impl RefinerTrainConfig {
         if self.pose_balance == 0 {
             bail!("--pose-balance 0 would draw no turned face: use 1 to draw every face alike");
         }
-        if !(0.5..=2.0).contains(&self.aligned_side) {
-            bail!("--aligned-side {} must be in [0.5, 2]", self.aligned_side);
+        if !ALIGNED_SIDES.contains(&self.aligned_side) {
+            bail!(
+                "--aligned-side {} must be in [{}, {}]",
+                self.aligned_side,
+                ALIGNED_SIDES.start(),
+                ALIGNED_SIDES.end()
+            );
         }
         if self.aligned_side != 1.0 && self.crop == RefinerCrop::Box {
             bail!("--aligned-side scales landmark crops (a second reading): drop it or use --crop landmarks");
@@ -518,6 +523,15 @@ mod tests {
         }
     }
 
+    /// Every weight of a trainer's network, variable by variable.
+    fn weights(t: &RefinerTrainer) -> Vec<Vec<f32>> {
+        t.sgd
+            .vars
+            .iter()
+            .map(|(_, v)| v.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect()
+    }
+
     #[test]
     fn training_targets_land_on_the_marked_points_of_the_crop() {
         // Bright dots at the landmarks on a dark image: each target must point at its dot.
@@ -739,11 +753,7 @@ mod tests {
         let run = |dir: &Path| {
             let mut t = RefinerTrainer::new(config.clone(), scenes.clone(), dir).unwrap();
             crate::optim::drive(&mut t, dir).unwrap();
-            t.sgd
-                .vars
-                .iter()
-                .map(|(_, v)| v.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-                .collect::<Vec<_>>()
+            weights(&t)
         };
         let straight = run(&root.join("a"));
         let mut first = RefinerTrainer::new(config.clone(), scenes.clone(), &root.join("b")).unwrap();
@@ -771,13 +781,6 @@ mod tests {
             ..RefinerTrainConfig::default()
         };
         let root = std::env::temp_dir().join(format!("normgate-warm-{}", std::process::id()));
-        let weights = |t: &RefinerTrainer| {
-            t.sgd
-                .vars
-                .iter()
-                .map(|(_, v)| v.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-                .collect::<Vec<_>>()
-        };
         let mut source = RefinerTrainer::new(config.clone(), scenes.clone(), &root.join("source")).unwrap();
         crate::optim::drive(&mut source, &root.join("source")).unwrap();
         let warm = RefinerTrainConfig {
