@@ -363,7 +363,7 @@ pub fn load_detector(dir: &Path) -> Result<(FaceNet, VarMap, DetectorTrainConfig
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{synthetic_face, tiny_detector};
+    use crate::testing::{sgd_weights, synthetic_face, tiny_detector};
     use image::Rgb;
 
     fn tiny_set() -> DetectorSet {
@@ -395,11 +395,7 @@ mod tests {
     }
 
     fn weights(t: &DetectorTrainer) -> Vec<Vec<f32>> {
-        t.sgd
-            .vars
-            .iter()
-            .map(|(_, v)| v.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-            .collect()
+        sgd_weights(&t.sgd)
     }
 
     #[test]

@@ -504,6 +504,7 @@ pub fn load_refiner(dir: &Path) -> Result<(Backbone, VarMap, RefinerTrainConfig)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::sgd_weights;
 
     fn face() -> Face {
         Face {
@@ -523,13 +524,8 @@ mod tests {
         }
     }
 
-    /// Every weight of a trainer's network, variable by variable.
     fn weights(t: &RefinerTrainer) -> Vec<Vec<f32>> {
-        t.sgd
-            .vars
-            .iter()
-            .map(|(_, v)| v.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-            .collect()
+        sgd_weights(&t.sgd)
     }
 
     #[test]

@@ -3,6 +3,15 @@
 use candle_core::Tensor;
 
 use crate::backbone::BackboneConfig;
+use crate::optim::Sgd;
+
+/// Every weight an optimiser steps, variable by variable (to compare runs).
+pub fn sgd_weights(sgd: &Sgd) -> Vec<Vec<f32>> {
+    sgd.vars
+        .iter()
+        .map(|(_, v)| v.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .collect()
+}
 
 /// The largest absolute value of a tensor.
 pub fn max_abs(t: &Tensor) -> f32 {
