@@ -309,9 +309,8 @@ mod tests {
     fn the_shipped_refiner_places_the_points_on_the_sample_face() {
         let locator = Locator::load(&shipped("detector.onnx"), &shipped("refiner.onnx")).unwrap();
         let second = locator.refiner.as_ref().and_then(|r| r.next.as_deref());
-        assert_eq!(
-            second.map(|r| r.crop),
-            Some(CropRule::Landmarks { side: 1.0 }),
+        assert!(
+            matches!(second.map(|r| r.crop), Some(CropRule::Landmarks { .. })),
             "the shipped card chains the second reading"
         );
         let image = image::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/astronaut.png"))

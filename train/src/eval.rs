@@ -299,7 +299,7 @@ pub fn set_recommended_threshold(model: &Model, threshold: f32) -> Result<()> {
         bail!("{} is not an embedder's card", card_path.display());
     };
     embedder.recommended_threshold = Some(threshold);
-    std::fs::write(card_path, toml::to_string(&card)?).with_context(|| format!("cannot write {}", card_path.display()))
+    crate::export::write_card(&card, card_path)
 }
 
 /// How closely one model follows another on the same crops.

@@ -329,8 +329,27 @@ pub fn write(model: &ModelProto, card: &ModelCard, path: &Path) -> Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(path, model.encode_to_vec()).with_context(|| format!("cannot write {}", path.display()))?;
-    std::fs::write(ModelCard::path_for(path), toml::to_string(card)?)?;
-    Ok(())
+    write_card(card, &ModelCard::path_for(path))
+}
+
+/// Writes a model card as TOML. Its numbers are f32s, which TOML stores as
+/// f64s; each is written as the shortest decimal that reads back as the
+/// same f32 (`expand = 0.8`, not `0.800000011920929`), so cards stay
+/// readable and diffs small.
+pub fn write_card(card: &ModelCard, path: &Path) -> Result<()> {
+    let mut value = toml::Value::try_from(card)?;
+    shorten_floats(&mut value);
+    std::fs::write(path, toml::to_string(&value)?).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Replaces every float in `value` by the f64 nearest to its f32's shortest decimal.
+fn shorten_floats(value: &mut toml::Value) {
+    match value {
+        toml::Value::Float(x) => *x = (*x as f32).to_string().parse().unwrap_or(*x),
+        toml::Value::Array(items) => items.iter_mut().for_each(shorten_floats),
+        toml::Value::Table(table) => table.iter_mut().for_each(|(_, item)| shorten_floats(item)),
+        _ => {}
+    }
 }
 
 /// Largest absolute and relative (to the largest feature value) difference
@@ -467,6 +486,26 @@ mod tests {
     use crate::vars::SeededVars;
     use candle_core::{Device, Tensor};
     use normgate::embedder::Embedder;
+
+    #[test]
+    fn a_written_card_holds_short_decimals_in_field_order_and_reads_back_the_same() {
+        let square = BackboneConfig {
+            height: 24,
+            ..tiny_backbone([4, 8, 8], [1, 1, 1], 10)
+        };
+        let mut card = refiner_card(&square, RefinerCrop::Landmarks, 0.8);
+        card.mean = [127.5, 0.1, 0.3];
+        let dir = std::env::temp_dir().join(format!("normgate-card-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("refiner.toml");
+        write_card(&card, &path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("expand = 0.8\n"), "{text}");
+        assert!(text.contains("mean = [127.5, 0.1, 0.3]"), "{text}");
+        assert!(text.starts_with("input = "), "the card's own order, not sorted: {text}");
+        assert_eq!(ModelCard::load(&path).unwrap(), card);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn tract_runs_the_exported_detector_like_candle() {
