@@ -345,7 +345,12 @@ pub fn write_card(card: &ModelCard, path: &Path) -> Result<()> {
 /// Replaces every float in `value` by the f64 nearest to its f32's shortest decimal.
 fn shorten_floats(value: &mut toml::Value) {
     match value {
-        toml::Value::Float(x) => *x = (*x as f32).to_string().parse().unwrap_or(*x),
+        toml::Value::Float(x) => {
+            *x = (*x as f32)
+                .to_string()
+                .parse()
+                .expect("an f32's decimal is a valid f64")
+        }
         toml::Value::Array(items) => items.iter_mut().for_each(shorten_floats),
         toml::Value::Table(table) => table.iter_mut().for_each(|(_, item)| shorten_floats(item)),
         _ => {}

@@ -524,10 +524,6 @@ mod tests {
         }
     }
 
-    fn weights(t: &RefinerTrainer) -> Vec<Vec<f32>> {
-        sgd_weights(&t.sgd)
-    }
-
     #[test]
     fn training_targets_land_on_the_marked_points_of_the_crop() {
         // Bright dots at the landmarks on a dark image: each target must point at its dot.
@@ -749,7 +745,7 @@ mod tests {
         let run = |dir: &Path| {
             let mut t = RefinerTrainer::new(config.clone(), scenes.clone(), dir).unwrap();
             crate::optim::drive(&mut t, dir).unwrap();
-            weights(&t)
+            sgd_weights(&t.sgd)
         };
         let straight = run(&root.join("a"));
         let mut first = RefinerTrainer::new(config.clone(), scenes.clone(), &root.join("b")).unwrap();
@@ -786,7 +782,7 @@ mod tests {
         };
         let restarted = RefinerTrainer::new(warm.clone(), scenes.clone(), &root.join("warm")).unwrap();
         assert_eq!(restarted.step, 0, "the schedule begins afresh");
-        assert_eq!(weights(&restarted), weights(&source));
+        assert_eq!(sgd_weights(&restarted.sgd), sgd_weights(&source.sgd));
         let fresh = RefinerTrainer::new(
             RefinerTrainConfig {
                 warm_start: None,
@@ -796,7 +792,11 @@ mod tests {
             &root.join("fresh"),
         )
         .unwrap();
-        assert_ne!(weights(&fresh), weights(&source), "seed 2 alone starts elsewhere");
+        assert_ne!(
+            sgd_weights(&fresh.sgd),
+            sgd_weights(&source.sgd),
+            "seed 2 alone starts elsewhere"
+        );
         let other = RefinerTrainConfig {
             network: RefinerSpec {
                 input: 32,
