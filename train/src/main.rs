@@ -251,6 +251,10 @@ struct TrainArgs {
     /// bank with `--augment` above 0, none without.
     #[arg(long)]
     view_bank: Option<usize>,
+    /// How many times as far as the teacher's (in log) a degraded crop's
+    /// norm target falls below its clean crop's (1: the teacher's targets).
+    #[arg(long, default_value_t = TrainConfig::default().degraded_drop)]
+    degraded_drop: f64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -703,6 +707,7 @@ fn train(args: TrainArgs) -> Result<()> {
         seed: args.seed,
         augment: args.augment,
         view_bank: TrainConfig::view_bank_for(args.augment, args.view_bank),
+        degraded_drop: args.degraded_drop,
         backbone: BackboneSpec {
             units: stage_units(args.units.as_deref(), defaults.backbone.units)?,
             ..defaults.backbone

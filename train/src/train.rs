@@ -72,6 +72,13 @@ pub struct TrainConfig {
     /// computed in its step; runs saved before this option read back as 0).
     #[serde(default, skip_serializing_if = "is_zero_count")]
     pub view_bank: usize,
+    /// How many times as far as the teacher's (in log) a degraded crop's
+    /// norm target falls below its clean crop's (1: as the teacher has it;
+    /// runs saved before this option read back as 1). The teacher ranks
+    /// clean faces against each other about as strongly as against their
+    /// degraded copies, which caps how well its norm ranks quality.
+    #[serde(default = "as_the_teacher", skip_serializing_if = "is_as_the_teacher")]
+    pub degraded_drop: f64,
     /// The architecture.
     pub backbone: BackboneSpec,
 }
@@ -91,6 +98,14 @@ fn is_zero(x: &f64) -> bool {
 
 fn is_zero_count(n: &usize) -> bool {
     *n == 0
+}
+
+fn as_the_teacher() -> f64 {
+    1.0
+}
+
+fn is_as_the_teacher(x: &f64) -> bool {
+    *x == 1.0
 }
 
 /// The architecture in the saved config.
@@ -150,6 +165,7 @@ impl Default for TrainConfig {
             // step: the recipe fits two hours and every figure holds
             // (models/MODELS.md).
             view_bank: 4,
+            degraded_drop: 1.0,
             backbone: BackboneSpec {
                 stem: s.stem,
                 widths: s.widths,
@@ -162,6 +178,43 @@ impl Default for TrainConfig {
 
 /// The order of the sources in a batch.
 pub const SOURCES: [&str; 4] = ["glint24", "celeba", "lfw_train", "degraded"];
+
+/// The index of the degraded crops in [`SOURCES`].
+const DEGRADED: usize = 3;
+
+/// Per degraded crop, the factor on its teacher targets (feature, mirror
+/// image's, views') that makes their norm fall `drop` times as far in log
+/// below its clean crop's as the teacher's does,
+/// `(|t_deg| / |t_clean|)^(drop - 1)`. Never above 1: a degradation the teacher scores higher than the
+/// clean crop keeps the teacher's target. The clean crop is the one whose
+/// path the degraded crop's path starts with (`prepare` writes
+/// `PATH<tab>DEGRADATION`).
+pub fn degraded_norm_gains(degraded: &Cache, clean: &[&Cache], drop: f64) -> Result<Vec<f32>> {
+    let norm = |c: &Cache, i: usize| {
+        c.teacher[i * c.dim..][..c.dim]
+            .iter()
+            .map(|&v| f64::from(v).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let by_path: std::collections::HashMap<&str, (&Cache, usize)> = clean
+        .iter()
+        .flat_map(|c| c.paths.iter().enumerate().map(move |(i, p)| (p.as_str(), (*c, i))))
+        .collect();
+    (0..degraded.len())
+        .map(|i| {
+            let path = degraded.paths[i].split('\t').next().unwrap_or_default();
+            let Some(&(cache, j)) = by_path.get(path) else {
+                bail!(
+                    "degraded crop {:?} names no clean crop of the caches; rebuild them with `prepare --force`",
+                    degraded.paths[i]
+                );
+            };
+            let ratio = (norm(degraded, i) / norm(cache, j).max(1e-12)).min(1.0);
+            Ok(ratio.powf(drop - 1.0) as f32)
+        })
+        .collect()
+}
 
 /// Crops of one cache as the student sees them: the 112x96 crop (columns
 /// 8..104 of the 112x112 one), (x - 127.5) / 128, CHW, optionally mirrored.
@@ -224,6 +277,8 @@ pub struct Trainer {
     teacher: Option<TeacherViews>,
     /// The banked views; only with `view_bank` > 0.
     bank: Option<ViewBank>,
+    /// [`degraded_norm_gains`] of the degraded crops; empty with `degraded_drop` 1.
+    degraded_gains: Vec<f32>,
     net: Backbone,
     heads: [Tensor; 2],
     sgd: Sgd,
@@ -283,6 +338,17 @@ impl Trainer {
         if config.view_bank > 0 && teacher.is_none() {
             bail!("a view bank needs augmented views (--augment above 0)");
         }
+        if !(config.degraded_drop >= 1.0 && config.degraded_drop.is_finite()) {
+            bail!(
+                "the degraded crops' norm drop is a factor of at least 1 on the teacher's, not {}",
+                config.degraded_drop
+            );
+        }
+        let degraded_gains = if config.degraded_drop == 1.0 {
+            Vec::new()
+        } else {
+            degraded_norm_gains(&caches[DEGRADED], &[&caches[0], &caches[1]], config.degraded_drop)?
+        };
         let classes = [0, 1].map(|i| caches[i].labels.iter().map(|&l| l as usize + 1).max().unwrap_or(0));
         let map = VarMap::new();
         let vb = SeededVars::builder(&map, config.seed, &Device::Cpu);
@@ -305,6 +371,7 @@ impl Trainer {
             caches,
             teacher,
             bank: None,
+            degraded_gains,
             net,
             heads,
             sgd,
@@ -370,6 +437,12 @@ impl Trainer {
                     inputs.extend(student_input(cache, i, flip));
                     let t = if flip { &cache.teacher_flip } else { &cache.teacher };
                     targets.extend_from_slice(&t[i * cache.dim..][..cache.dim]);
+                }
+                if s == DEGRADED {
+                    if let Some(&gain) = self.degraded_gains.get(i) {
+                        let row = targets.len() - dim;
+                        targets[row..].iter_mut().for_each(|v| *v *= gain);
+                    }
                 }
                 if s < 2 {
                     labels[s].push(cache.labels[i]);
@@ -757,6 +830,85 @@ mod tests {
         );
         let written: serde_json::Value = serde_json::from_str(&serde_json::to_string(&read).unwrap()).unwrap();
         assert_eq!(written, serde_json::from_str::<serde_json::Value>(saved).unwrap());
+    }
+
+    /// A cache of one-value crops with these teacher features and paths.
+    fn cache_of(features: &[[f32; 2]], paths: &[&str]) -> Cache {
+        Cache {
+            crops: vec![0; features.len() * CROP * CROP * 3],
+            labels: vec![0; features.len()],
+            teacher: features.concat(),
+            teacher_flip: features.concat(),
+            dim: 2,
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn degraded_targets_fall_further_below_their_clean_crops_never_above_the_teachers() {
+        let glint = cache_of(&[[3.0, 4.0], [1.0, 0.0]], &["glint24/a.jpg", "glint24/b.jpg"]);
+        let celeba = cache_of(&[[0.0, 8.0]], &["celeba_wild/c.jpg"]);
+        let degraded = cache_of(
+            &[[1.5, 2.0], [2.0, 0.0], [0.0, 2.0]],
+            &[
+                "glint24/a.jpg\tBlur(2.0)",
+                "glint24/b.jpg\tNoise(20.0)",
+                "celeba_wild/c.jpg\tOccludeLowerHalf",
+            ],
+        );
+        let gains = degraded_norm_gains(&degraded, &[&glint, &celeba], 3.0).unwrap();
+        // Half the clean norm falls to an eighth (ln 0.5 three times); a
+        // higher norm than the clean crop's keeps the teacher's; a quarter
+        // falls to 1/64.
+        let expected = [0.25f32, 1.0, 0.0625];
+        for (g, e) in gains.iter().zip(expected) {
+            assert!((g - e).abs() < 1e-6, "{gains:?}");
+        }
+        assert_eq!(
+            degraded_norm_gains(&degraded, &[&glint, &celeba], 1.0).unwrap(),
+            [1.0; 3]
+        );
+        let err = degraded_norm_gains(&degraded, &[&glint], 3.0).err().unwrap();
+        assert!(err.to_string().contains("celeba_wild/c.jpg"), "{err}");
+    }
+
+    #[test]
+    fn a_degraded_drop_scales_the_degraded_rows_and_needs_their_clean_crops() {
+        let (root, cache) = scratch("normgate-train-drop-");
+        let config = tiny_run(&cache);
+        for (drop, why) in [(0.5, "at least 1"), (2.0, "names no clean crop")] {
+            let wrong = TrainConfig {
+                degraded_drop: drop,
+                ..config.clone()
+            };
+            let err = Trainer::new(wrong, &cache, &root.join("a"), None).err().unwrap();
+            assert!(err.to_string().contains(why), "{err}");
+        }
+        let mut trainer = Trainer::new(config, &cache, &root.join("a"), None).unwrap();
+        assert!(trainer.degraded_gains.is_empty());
+        trainer.degraded_gains = vec![0.5; trainer.caches[DEGRADED].len()];
+        let rows = trainer.batch().unwrap().1.to_vec2::<f32>().unwrap();
+        let degraded = &trainer.caches[DEGRADED];
+        let halves: Vec<Vec<f32>> = degraded
+            .teacher
+            .chunks(degraded.dim)
+            .chain(degraded.teacher_flip.chunks(degraded.dim))
+            .map(|t| t.iter().map(|v| v * 0.5).collect())
+            .collect();
+        assert!(
+            halves.contains(rows.last().unwrap()),
+            "the degraded row is its target halved"
+        );
+        let others = &rows[..rows.len() - 1];
+        let cached: Vec<&[f32]> = trainer.caches[..DEGRADED]
+            .iter()
+            .flat_map(|c| c.teacher.chunks(c.dim).chain(c.teacher_flip.chunks(c.dim)))
+            .collect();
+        assert!(
+            others.iter().all(|r| cached.contains(&r.as_slice())),
+            "the other rows as cached"
+        );
+        std::fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
