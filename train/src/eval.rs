@@ -279,6 +279,8 @@ pub struct QualityReport {
     /// Error versus discard of the teacher's verification, pairs discarded by
     /// this model's norms (see [`server_edc`]).
     pub server_edc: Option<Edc>,
+    /// The cache whose crops were degraded (the protocol's: glint24).
+    pub degraded_from: String,
     /// Degradation ranking per family.
     pub degradation: Vec<FamilyReport>,
     /// ROC AUC of the norm, faces against non-faces.
@@ -361,14 +363,22 @@ fn crops_cache(crops: &[RgbImage]) -> Cache {
 }
 
 /// Runs the quality protocols (EDC on LFW, degradations of `degraded_images`
-/// Glint24 crops, faces against non-faces).
-pub fn quality(model: &Model, data: &Path, cache_dir: &Path, degraded_images: usize) -> Result<QualityReport> {
+/// crops of the cache `degraded_from`, faces against non-faces). The
+/// protocol degrades Glint24 crops, which the backbone trains on; the LFW
+/// crops of `pairs.txt` (`lfw_pairs`) check the ranking on faces it never saw.
+pub fn quality(
+    model: &Model,
+    data: &Path,
+    cache_dir: &Path,
+    degraded_from: &str,
+    degraded_images: usize,
+) -> Result<QualityReport> {
     let lfw = lfw_scores(model, data, cache_dir, false)?;
     let pair_quality = PairQuality::of(&lfw);
     let (edc, server_edc) = (pair_quality.edc(&lfw.pairs), server_edc(&lfw, &pair_quality));
 
-    let glint = Cache::load(cache_dir, "glint24")?;
-    let clean: Vec<RgbImage> = glint.spread(degraded_images).map(|i| glint.crop(i)).collect();
+    let source = Cache::load(cache_dir, degraded_from)?;
+    let clean: Vec<RgbImage> = source.spread(degraded_images).map(|i| source.crop(i)).collect();
     let clean_norms: Vec<f64> = model
         .features(&crops_cache(&clean), false)?
         .iter()
@@ -425,6 +435,7 @@ pub fn quality(model: &Model, data: &Path, cache_dir: &Path, degraded_images: us
     Ok(QualityReport {
         edc,
         server_edc,
+        degraded_from: degraded_from.into(),
         degradation,
         face_nonface_auroc: auc(&scored),
         lfw_norm_percentiles: lfw.norm_percentiles(),

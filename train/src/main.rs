@@ -501,9 +501,13 @@ enum EvalCommand {
     Quality {
         #[command(flatten)]
         on: ModelArgs,
-        /// Glint24 crops to degrade.
+        /// Crops to degrade.
         #[arg(long, default_value_t = 200)]
         images: usize,
+        /// The cache whose crops are degraded: glint24 (the protocol's,
+        /// training faces) or lfw_pairs (faces no training saw).
+        #[arg(long, default_value = "glint24", value_parser = ["glint24", "lfw_pairs"])]
+        degrade_from: String,
     },
     /// Agreement of a model with a reference on the LFW crops: mean cosine
     /// of features, Spearman of norms (e.g. int8 against its fp32 export). Prints JSON.
@@ -1290,9 +1294,14 @@ fn main() -> ExitCode {
             json,
         } => quantize(&model, &out, format, percentile, crops, &cache, &data, json),
         Command::Eval {
-            what: EvalCommand::Quality { on, images },
+            what:
+                EvalCommand::Quality {
+                    on,
+                    images,
+                    degrade_from,
+                },
         } => eval::Model::parse(&on.model, on.card).and_then(|m| {
-            let r = eval::quality(&m, &on.data, &on.cache, images)?;
+            let r = eval::quality(&m, &on.data, &on.cache, &degrade_from, images)?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }),
