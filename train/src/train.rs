@@ -202,13 +202,7 @@ pub const DEGRADED_RAMP_STEPS: u64 = 1000;
 /// teacher's target. The clean crop is the one whose path the degraded
 /// crop's path starts with (`prepare` writes `PATH<tab>DEGRADATION`).
 pub fn degraded_norm_gains(degraded: &Cache, clean: &[&Cache], drop: f64) -> Result<Vec<f32>> {
-    let norm = |c: &Cache, i: usize| {
-        c.teacher[i * c.dim..][..c.dim]
-            .iter()
-            .map(|&v| f64::from(v).powi(2))
-            .sum::<f64>()
-            .sqrt()
-    };
+    let norm = |c: &Cache, i: usize| f64::from(normgate_core::norm::l2_norm(&c.teacher[i * c.dim..][..c.dim]));
     let by_path: std::collections::HashMap<&str, (&Cache, usize)> = clean
         .iter()
         .flat_map(|c| c.paths.iter().enumerate().map(move |(i, p)| (p.as_str(), (*c, i))))
@@ -428,6 +422,8 @@ impl Trainer {
         let mut labels = [Vec::new(), Vec::new()];
         // Augmented views and their rows; their targets come from the teacher below.
         let (mut views, mut view_rows) = (Vec::new(), Vec::new());
+        // Rows of degraded crops and their factors, applied once every target is in.
+        let mut degraded_rows = Vec::new();
         for (s, (cache, &n)) in self.caches.iter().zip(&self.config.per_source).enumerate() {
             for _ in 0..n {
                 let i = rng.random_range(0..cache.len());
@@ -450,12 +446,8 @@ impl Trainer {
                     let t = if flip { &cache.teacher_flip } else { &cache.teacher };
                     targets.extend_from_slice(&t[i * cache.dim..][..cache.dim]);
                 }
-                if s == DEGRADED {
-                    if let Some(&gain) = self.degraded_gains.get(i) {
-                        let ramp = (self.step as f32 / DEGRADED_RAMP_STEPS as f32).min(1.0);
-                        let row = targets.len() - dim;
-                        targets[row..].iter_mut().for_each(|v| *v *= gain.powf(ramp));
-                    }
+                if let (DEGRADED, Some(&gain)) = (s, self.degraded_gains.get(i)) {
+                    degraded_rows.push((targets.len() / dim - 1, gain));
                 }
                 if s < 2 {
                     labels[s].push(cache.labels[i]);
@@ -466,6 +458,12 @@ impl Trainer {
             for (row, feature) in view_rows.into_iter().zip(teacher.features(&views)?) {
                 targets[row * dim..][..dim].copy_from_slice(&feature);
             }
+        }
+        let ramp = (self.step as f32 / DEGRADED_RAMP_STEPS as f32).min(1.0);
+        for (row, gain) in degraded_rows {
+            targets[row * dim..][..dim]
+                .iter_mut()
+                .for_each(|v| *v *= gain.powf(ramp));
         }
         let n: usize = self.config.per_source.iter().sum();
         let x = Tensor::from_vec(inputs, (n, 3, CROP, 96), &Device::Cpu)?;
@@ -897,37 +895,39 @@ mod tests {
             let err = Trainer::new(wrong, &cache, &root.join("a"), None).err().unwrap();
             assert!(err.to_string().contains(why), "{err}");
         }
-        let mut trainer = Trainer::new(config, &cache, &root.join("a"), None).unwrap();
-        assert!(trainer.degraded_gains.is_empty());
-        trainer.degraded_gains = vec![0.25; trainer.caches[DEGRADED].len()];
-        // The factor grows from 1 at the first step to its full value.
-        for (step, factor) in [
-            (0, 1.0),
-            (DEGRADED_RAMP_STEPS / 2, 0.5),
-            (DEGRADED_RAMP_STEPS * 2, 0.25),
-        ] {
-            trainer.step = step;
-            let rows = trainer.batch().unwrap().1.to_vec2::<f32>().unwrap();
-            let degraded = &trainer.caches[DEGRADED];
-            let last = rows.last().unwrap();
-            let scaled = degraded
-                .teacher
-                .chunks(degraded.dim)
-                .chain(degraded.teacher_flip.chunks(degraded.dim))
-                .any(|t| t.iter().zip(last).all(|(v, r)| (v * factor - r).abs() < 1e-6));
-            assert!(scaled, "step {step}: the degraded row is its target times {factor}");
+        // The same batch without and with factors of 1/4, on cached crops and
+        // on live views (whose targets the teacher makes after the draw).
+        for augment in [0.0, 1.0] {
+            let config = TrainConfig {
+                augment,
+                ..config.clone()
+            };
+            let teacher = (augment > 0.0).then(|| tiny_teacher(&root, 8));
+            let mut trainer = Trainer::new(config, &cache, &root.join(format!("b{augment}")), teacher).unwrap();
+            assert!(trainer.degraded_gains.is_empty());
+            let crops = trainer.caches[DEGRADED].len();
+            // The factor grows from 1 at the first step to its full value.
+            for (step, factor) in [
+                (0, 1.0),
+                (DEGRADED_RAMP_STEPS / 2, 0.5),
+                (DEGRADED_RAMP_STEPS * 2, 0.25),
+            ] {
+                trainer.step = step;
+                trainer.degraded_gains.clear();
+                let plain = trainer.batch().unwrap().1.to_vec2::<f32>().unwrap();
+                trainer.degraded_gains = vec![0.25; crops];
+                let scaled = trainer.batch().unwrap().1.to_vec2::<f32>().unwrap();
+                // The degraded source's one row is the last; the others stay.
+                let (last, others) = scaled.split_last().unwrap();
+                assert_eq!(others, &plain[..plain.len() - 1], "augment {augment}, step {step}");
+                for (s, p) in last.iter().zip(plain.last().unwrap()) {
+                    assert!(
+                        (s - p * factor).abs() <= 1e-6 * p.abs().max(1.0),
+                        "step {step}: {s} against {p} x {factor}"
+                    );
+                }
+            }
         }
-        trainer.step = 0;
-        let rows = trainer.batch().unwrap().1.to_vec2::<f32>().unwrap();
-        let others = &rows[..rows.len() - 1];
-        let cached: Vec<&[f32]> = trainer.caches[..DEGRADED]
-            .iter()
-            .flat_map(|c| c.teacher.chunks(c.dim).chain(c.teacher_flip.chunks(c.dim)))
-            .collect();
-        assert!(
-            others.iter().all(|r| cached.contains(&r.as_slice())),
-            "the other rows as cached"
-        );
         std::fs::remove_dir_all(root).unwrap();
     }
 
