@@ -461,9 +461,8 @@ impl Trainer {
         }
         let ramp = (self.step as f32 / DEGRADED_RAMP_STEPS as f32).min(1.0);
         for (row, gain) in degraded_rows {
-            targets[row * dim..][..dim]
-                .iter_mut()
-                .for_each(|v| *v *= gain.powf(ramp));
+            let factor = gain.powf(ramp);
+            targets[row * dim..][..dim].iter_mut().for_each(|v| *v *= factor);
         }
         let n: usize = self.config.per_source.iter().sum();
         let x = Tensor::from_vec(inputs, (n, 3, CROP, 96), &Device::Cpu)?;
