@@ -255,6 +255,11 @@ struct TrainArgs {
     /// norm target falls below its clean crop's (1: the teacher's targets).
     #[arg(long, default_value_t = TrainConfig::default().degraded_drop)]
     degraded_drop: f64,
+    /// Chance that an augmented view is blended with a view of another crop
+    /// of its class (any crop of the unlabelled sets), the teacher's feature
+    /// of the blend its target.
+    #[arg(long, default_value_t = TrainConfig::default().mixup)]
+    mixup: f64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -712,6 +717,7 @@ fn train(args: TrainArgs) -> Result<()> {
         augment: args.augment,
         view_bank: TrainConfig::view_bank_for(args.augment, args.view_bank),
         degraded_drop: args.degraded_drop,
+        mixup: args.mixup,
         backbone: BackboneSpec {
             units: stage_units(args.units.as_deref(), defaults.backbone.units)?,
             ..defaults.backbone

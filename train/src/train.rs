@@ -34,7 +34,7 @@ use crate::heads::{a_softmax_loss, a_softmax_losses, hardest_rows, norm_select_m
 use crate::optim::{read_config, Progress, Schedule, Sgd, Training};
 use crate::prepare::{Cache, CROP};
 use crate::vars::SeededVars;
-use crate::views::{augmented_view, TeacherViews, ViewBank};
+use crate::views::{mixed_view, TeacherViews, ViewBank};
 
 /// Everything that defines a run; saved beside its checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,6 +79,11 @@ pub struct TrainConfig {
     /// degraded copies, which caps how well its norm ranks quality.
     #[serde(default = "as_the_teacher", skip_serializing_if = "is_as_the_teacher")]
     pub degraded_drop: f64,
+    /// Chance that an augmented view is mixed with a view of another crop
+    /// of its class ([`crate::views::mixed_view`]; runs saved before this
+    /// option read back as 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mixup: f64,
     /// The architecture.
     pub backbone: BackboneSpec,
 }
@@ -166,6 +171,7 @@ impl Default for TrainConfig {
             // (models/MODELS.md).
             view_bank: 4,
             degraded_drop: 1.0,
+            mixup: 0.0,
             backbone: BackboneSpec {
                 stem: s.stem,
                 widths: s.widths,
@@ -315,6 +321,12 @@ impl Trainer {
         if !(0.0..=1.0).contains(&config.augment) {
             bail!("the share of augmented views must lie in 0..=1, not {}", config.augment);
         }
+        if !(0.0..=1.0).contains(&config.mixup) {
+            bail!("the chance of a mixed view must lie in 0..=1, not {}", config.mixup);
+        }
+        if config.mixup > 0.0 && config.augment == 0.0 {
+            bail!("mixed views are augmented views: --mixup needs --augment above 0");
+        }
         let teacher = teacher.filter(|_| config.augment > 0.0);
         if config.augment > 0.0 && teacher.is_none() {
             bail!("augmented views need the teacher embedder to compute their targets");
@@ -390,7 +402,14 @@ impl Trainer {
         if let (Some(teacher), per_crop @ 1..) = (&trainer.teacher, trainer.config.view_bank) {
             std::fs::create_dir_all(dir)?;
             let file = dir.join("view-bank.safetensors");
-            let bank = ViewBank::load_or_build(&file, &trainer.caches, teacher, per_crop, trainer.config.seed)?;
+            let bank = ViewBank::load_or_build(
+                &file,
+                &trainer.caches,
+                teacher,
+                per_crop,
+                trainer.config.seed,
+                trainer.config.mixup,
+            )?;
             trainer.bank = Some(bank);
         }
         Ok(trainer)
@@ -434,7 +453,7 @@ impl Trainer {
                         inputs.extend(student_pixels(bank.view(s, cache, i, k).as_raw(), false));
                         targets.extend_from_slice(bank.feature(s, i, k));
                     } else {
-                        let view = augmented_view(&cache.crop(i), &mut rng);
+                        let view = mixed_view(cache, i, self.config.mixup, &mut rng);
                         inputs.extend(student_pixels(view.as_raw(), false));
                         view_rows.push(targets.len() / dim);
                         targets.extend(std::iter::repeat_n(0.0, dim));
@@ -746,18 +765,28 @@ mod tests {
     #[test]
     fn banked_views_carry_the_teachers_feature_of_that_view_and_the_bank_is_kept_for_a_resumed_run() {
         let (root, cache) = scratch("normgate-train-bank-");
+        // Half the views mixed: a mixed view is banked like any other.
         let config = TrainConfig {
             augment: 1.0,
             view_bank: 3,
+            mixup: 0.5,
             ..tiny_run(&cache)
         };
         let teacher = || Some(tiny_teacher(&root, 8));
         let without = TrainConfig {
             augment: 0.0,
+            mixup: 0.0,
             ..config.clone()
         };
-        let err = Trainer::new(without, &cache, &root.join("x"), teacher()).err().unwrap();
+        let err = Trainer::new(without.clone(), &cache, &root.join("x"), teacher())
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("--augment"), "{err}");
+        let mixed_without_views = TrainConfig { mixup: 0.5, ..without };
+        let err = Trainer::new(mixed_without_views, &cache, &root.join("x"), teacher())
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("--mixup needs --augment"), "{err}");
         let trainer = Trainer::new(config.clone(), &cache, &root.join("a"), teacher()).unwrap();
         let bank = trainer.bank.as_ref().unwrap();
         let check = tiny_teacher(&root, 8);
@@ -812,7 +841,7 @@ mod tests {
         let err = Trainer::new(live, &cache, &root.join("c"), teacher()).err().unwrap();
         assert!(err.to_string().contains("(view_bank: 3 -> unset)"), "{err}");
         // A bank that does not fit the caches (another view count) is refused.
-        let err = ViewBank::load_or_build(&file, &resumed.caches, &check, 2, config.seed)
+        let err = ViewBank::load_or_build(&file, &resumed.caches, &check, 2, config.seed, 0.0)
             .err()
             .unwrap();
         assert!(err.to_string().contains("does not fit"), "{err}");

@@ -11,6 +11,14 @@
 //! exact target for it, direction and norm, so the student also learns how
 //! the teacher's norm answers each change.
 //!
+//! A share of the views can be mixed ([`mixed_view`]): blended with a view
+//! of another crop of the same class (any crop of an unlabelled set), so
+//! the student also sees images between the faces it has, each with the
+//! teacher's exact target. With some twenty thousand training faces the
+//! student learns its teacher's function only where it has seen it; the
+//! mix is the cheapest source of new inputs (Beyer et al., "Knowledge
+//! distillation: a good teacher is patient and consistent", 2022).
+//!
 //! The teacher runs on each view either live, in the step that draws it, or
 //! once before training for a fixed bank of views per crop ([`ViewBank`]);
 //! a banked view is made again from its own seed when drawn, so the bank
@@ -67,6 +75,42 @@ pub fn augmented_view(crop: &RgbImage, rng: &mut impl Rng) -> RgbImage {
     view
 }
 
+/// Largest share of the partner in a mixed view: the crop stays the larger
+/// part, and since either crop can draw the other, every share from 0 to 1
+/// between two crops is reachable.
+const MAX_PARTNER_SHARE: f32 = 0.5;
+
+/// [`augmented_view`] of crop `i`, blended with a chance of `mixup` with an
+/// augmented view of a partner crop of the same class (labels equal;
+/// unlabelled crops all share [`crate::prepare::UNLABELLED`]) at a share
+/// drawn from 0 to [`MAX_PARTNER_SHARE`], so a head's label still fits the
+/// mix. With `mixup` 0 it draws nothing more than [`augmented_view`]: the
+/// views of runs without mixing stay as they were.
+pub fn mixed_view(cache: &Cache, i: usize, mixup: f64, rng: &mut impl Rng) -> RgbImage {
+    let mut view = augmented_view(&cache.crop(i), rng);
+    if mixup > 0.0 && rng.random_bool(mixup) {
+        let partner = same_class_partner(&cache.labels, i, rng);
+        let other = augmented_view(&cache.crop(partner), rng);
+        let share = rng.random_range(0.0..=MAX_PARTNER_SHARE);
+        for (v, o) in view.as_mut().iter_mut().zip(other.as_raw()) {
+            *v = ((1.0 - share) * f32::from(*v) + share * f32::from(*o)).round() as u8;
+        }
+    }
+    view
+}
+
+/// A random crop with crop `i`'s label (possibly `i` itself), drawn until
+/// one fits: a class of `c` crops among `n` takes `n / c` draws on average,
+/// at most a few thousand cheap comparisons on the caches.
+fn same_class_partner(labels: &[u32], i: usize, rng: &mut impl Rng) -> usize {
+    loop {
+        let j = rng.random_range(0..labels.len());
+        if labels[j] == labels[i] {
+            return j;
+        }
+    }
+}
+
 /// The teacher embedder that gives each view its target.
 pub struct TeacherViews {
     teacher: Embedder,
@@ -102,6 +146,8 @@ pub const MAX_BANKED_VIEWS: usize = 256;
 pub struct ViewBank {
     per_crop: usize,
     seed: u64,
+    /// Chance that a view is mixed ([`mixed_view`]).
+    mixup: f64,
     dim: usize,
     /// Per source, `[crops x per_crop, dim]` values, crop-major.
     features: Vec<Vec<f32>>,
@@ -116,6 +162,7 @@ impl ViewBank {
         teacher: &TeacherViews,
         per_crop: usize,
         seed: u64,
+        mixup: f64,
     ) -> Result<Self> {
         if !(1..=MAX_BANKED_VIEWS).contains(&per_crop) {
             bail!("a view bank keeps 1 to {MAX_BANKED_VIEWS} views per crop, not {per_crop}");
@@ -144,6 +191,7 @@ impl ViewBank {
             return Ok(Self {
                 per_crop,
                 seed,
+                mixup,
                 dim,
                 features,
             });
@@ -151,6 +199,7 @@ impl ViewBank {
         let mut bank = Self {
             per_crop,
             seed,
+            mixup,
             dim,
             features: Vec::new(),
         };
@@ -188,7 +237,7 @@ impl ViewBank {
     pub fn view(&self, source: usize, cache: &Cache, i: usize, k: usize) -> RgbImage {
         let which = ((source as u64) << 48) | ((i as u64) << 8) | k as u64;
         let mut rng = StdRng::seed_from_u64(self.seed.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ which);
-        augmented_view(&cache.crop(i), &mut rng)
+        mixed_view(cache, i, self.mixup, &mut rng)
     }
 
     /// The teacher's feature of that view.
@@ -200,6 +249,7 @@ impl ViewBank {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prepare::UNLABELLED;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
@@ -213,6 +263,69 @@ mod tests {
             .unwrap();
         assert!(err.to_string().contains("takes 96x112 crops"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Four flat crops: 0 and 1 black, 2 and 3 white, labelled as given.
+    fn dark_and_bright(labels: [u32; 4]) -> Cache {
+        let size = crate::prepare::CROP * crate::prepare::CROP * 3;
+        let crops = [0u8, 0, 255, 255].iter().flat_map(|&v| vec![v; size]).collect();
+        Cache {
+            crops,
+            labels: labels.to_vec(),
+            teacher: vec![0.0; 8],
+            teacher_flip: vec![0.0; 8],
+            dim: 2,
+            paths: (0..4).map(|i| format!("{i}.jpg")).collect(),
+        }
+    }
+
+    fn mean(image: &RgbImage) -> f64 {
+        image.as_raw().iter().map(|&v| f64::from(v)).sum::<f64>() / image.as_raw().len() as f64
+    }
+
+    #[test]
+    fn without_mixing_a_view_is_the_plain_augmented_view() {
+        let cache = dark_and_bright([0, 0, 1, 1]);
+        for seed in 0..10 {
+            let rng = || StdRng::seed_from_u64(seed);
+            assert_eq!(
+                mixed_view(&cache, 2, 0.0, &mut rng()),
+                augmented_view(&cache.crop(2), &mut rng())
+            );
+        }
+    }
+
+    #[test]
+    fn a_mixed_view_blends_in_a_crop_of_the_same_class_only() {
+        // Classes by brightness: a view of a black crop stays below 92 and
+        // one of a white crop above 150 whatever its colour change, so a
+        // partner from the other class would move them towards each other.
+        let cache = dark_and_bright([0, 0, 1, 1]);
+        let mut changed = 0;
+        for seed in 0..40 {
+            let rng = || StdRng::seed_from_u64(seed);
+            let (dark, bright) = (
+                mixed_view(&cache, 0, 1.0, &mut rng()),
+                mixed_view(&cache, 3, 1.0, &mut rng()),
+            );
+            assert!(
+                mean(&dark) < 92.0 && mean(&bright) > 150.0,
+                "seed {seed}: {} {}",
+                mean(&dark),
+                mean(&bright)
+            );
+            changed += usize::from(bright != augmented_view(&cache.crop(3), &mut rng()));
+        }
+        assert!(changed >= 35, "mixed views differ from plain ones: {changed} of 40");
+        // Unlabelled crops are one class: every crop is a partner.
+        let unlabelled = [UNLABELLED; 4];
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut drawn = [0; 4];
+        for _ in 0..200 {
+            drawn[same_class_partner(&unlabelled, 0, &mut rng)] += 1;
+            assert!([2, 3].contains(&same_class_partner(&[0, 0, 1, 1], 2, &mut rng)));
+        }
+        assert!(drawn.iter().all(|&n| n > 20), "{drawn:?}");
     }
 
     #[test]
