@@ -257,9 +257,10 @@ struct TrainArgs {
     degraded_drop: f64,
     /// Chance that an augmented view is blended with a view of another crop
     /// of its class (any crop of the unlabelled sets), the teacher's feature
-    /// of the blend its target.
-    #[arg(long, default_value_t = TrainConfig::default().mixup)]
-    mixup: f64,
+    /// of the blend its target. Default: the recipe's with `--augment`
+    /// above 0, none without.
+    #[arg(long)]
+    mixup: Option<f64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -717,7 +718,7 @@ fn train(args: TrainArgs) -> Result<()> {
         augment: args.augment,
         view_bank: TrainConfig::view_bank_for(args.augment, args.view_bank),
         degraded_drop: args.degraded_drop,
-        mixup: args.mixup,
+        mixup: TrainConfig::mixup_for(args.augment, args.mixup),
         backbone: BackboneSpec {
             units: stage_units(args.units.as_deref(), defaults.backbone.units)?,
             ..defaults.backbone

@@ -95,6 +95,12 @@ impl TrainConfig {
     pub fn view_bank_for(augment: f64, requested: Option<usize>) -> usize {
         requested.unwrap_or(if augment > 0.0 { Self::default().view_bank } else { 0 })
     }
+
+    /// The chance of a mixed view, chosen as [`Self::view_bank_for`] chooses
+    /// the bank: mixed views are augmented views.
+    pub fn mixup_for(augment: f64, requested: Option<f64>) -> f64 {
+        requested.unwrap_or(if augment > 0.0 { Self::default().mixup } else { 0.0 })
+    }
 }
 
 fn is_zero(x: &f64) -> bool {
@@ -171,7 +177,10 @@ impl Default for TrainConfig {
             // (models/MODELS.md).
             view_bank: 4,
             degraded_drop: 1.0,
-            mixup: 0.0,
+            // Half the views blended with a same-class crop's: LFW 93.5 ->
+            // 93.8 %, int8 within 0.05 points of fp32, the teacher's
+            // failures removed at 20 % discard 59 -> 63 % (models/MODELS.md).
+            mixup: 0.5,
             backbone: BackboneSpec {
                 stem: s.stem,
                 widths: s.widths,
@@ -626,6 +635,7 @@ mod tests {
             hem_keep: 0.5,
             augment: 0.0,
             view_bank: 0,
+            mixup: 0.0,
             norm_select: true,
             backbone: BackboneSpec {
                 stem: 2,
@@ -749,11 +759,15 @@ mod tests {
     }
 
     #[test]
-    fn the_recipes_bank_applies_only_with_augmented_views_unless_asked() {
+    fn the_recipes_bank_and_mixing_apply_only_with_augmented_views_unless_asked() {
         let recipe = TrainConfig::default();
         assert!(recipe.augment > 0.0 && recipe.view_bank > 0);
         assert_eq!(TrainConfig::view_bank_for(recipe.augment, None), recipe.view_bank);
         assert_eq!(TrainConfig::view_bank_for(0.0, None), 0);
+        assert!(recipe.mixup > 0.0);
+        assert_eq!(TrainConfig::mixup_for(recipe.augment, None), recipe.mixup);
+        assert_eq!(TrainConfig::mixup_for(0.0, None), 0.0);
+        assert_eq!(TrainConfig::mixup_for(recipe.augment, Some(0.0)), 0.0);
         assert_eq!(TrainConfig::view_bank_for(recipe.augment, Some(0)), 0);
         assert_eq!(
             TrainConfig::view_bank_for(0.0, Some(8)),
@@ -864,6 +878,7 @@ mod tests {
                 beta: 1.0,
                 augment: 0.0,
                 view_bank: 0,
+                mixup: 0.0,
                 ..TrainConfig::default()
             }
         );
