@@ -93,14 +93,20 @@ impl TrainConfig {
     /// bank when there are augmented views to bank and none without them,
     /// so that `--augment 0` alone still trains.
     pub fn view_bank_for(augment: f64, requested: Option<usize>) -> usize {
-        requested.unwrap_or(if augment > 0.0 { Self::default().view_bank } else { 0 })
+        for_views(augment, requested, Self::default().view_bank, 0)
     }
 
-    /// The chance of a mixed view, chosen as [`Self::view_bank_for`] chooses
-    /// the bank: mixed views are augmented views.
+    /// The chance of a mixed view, chosen as the bank is: mixed views are
+    /// augmented views.
     pub fn mixup_for(augment: f64, requested: Option<f64>) -> f64 {
-        requested.unwrap_or(if augment > 0.0 { Self::default().mixup } else { 0.0 })
+        for_views(augment, requested, Self::default().mixup, 0.0)
     }
+}
+
+/// A setting that only augmented views use: `requested` when given, else
+/// the recipe's value with augmented views and `off` without them.
+fn for_views<T>(augment: f64, requested: Option<T>, recipe: T, off: T) -> T {
+    requested.unwrap_or(if augment > 0.0 { recipe } else { off })
 }
 
 fn is_zero(x: &f64) -> bool {
