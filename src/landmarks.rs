@@ -157,7 +157,7 @@ impl Refiner {
     const MAX_READINGS: usize = 4;
 
     fn load_chain(model: &Path, card: &Path, position: usize) -> Result<Self> {
-        let mut refiner = Self::load_one(model, card)?;
+        let mut refiner = Self::load_alone(model, card)?;
         let Some(next) = refiner.card.refiner.as_ref().and_then(|r| r.next.clone()) else {
             return Ok(refiner);
         };
@@ -182,7 +182,10 @@ impl Refiner {
         Ok(refiner)
     }
 
-    fn load_one(model: &Path, card: &Path) -> Result<Self> {
+    /// Loads a model and its card without the refiners its card names as
+    /// `next`: one reading alone, e.g. a chain's first reading, whose points
+    /// the reading after it is trained to correct.
+    pub fn load_alone(model: &Path, card: &Path) -> Result<Self> {
         let card = ModelCard::load(card)?;
         let Some(r) = card.refiner.clone() else {
             bail!("{} is not a landmark refiner's card", model.display());

@@ -196,10 +196,10 @@ const BUCKETS: [(f32, f32, &str); 4] = [
 ];
 
 /// One reference face's outcome.
-struct Outcome {
-    reference: Face,
+pub(crate) struct Outcome {
+    pub(crate) reference: Face,
     /// The detection matched to it, if any.
-    detected: Option<Face>,
+    pub(crate) detected: Option<Face>,
 }
 
 impl Outcome {
@@ -224,7 +224,7 @@ impl Outcome {
 }
 
 /// Greedy matching by IoU (best pairs first): each reference face's outcome.
-fn match_faces(reference: &[Face], detected: &[Face]) -> Vec<Outcome> {
+pub(crate) fn match_faces(reference: &[Face], detected: &[Face]) -> Vec<Outcome> {
     let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
     for (r, a) in reference.iter().enumerate() {
         for (d, b) in detected.iter().enumerate() {

@@ -332,6 +332,51 @@ pub fn write(model: &ModelProto, card: &ModelCard, path: &Path) -> Result<()> {
     write_card(card, &ModelCard::path_for(path))
 }
 
+/// Sets every variable of `map` under `prefix.` from the initializer of the
+/// same name in the ONNX file `path` that [`write`] made of such a network:
+/// the reverse of the export, so a shipped model file can be trained on
+/// when its run folder is gone. The network must be the same: a missing
+/// weight or another shape (unit dimensions aside, as PReLU slopes are
+/// stored `[C, 1, 1]`) is refused.
+pub fn import_weights(map: &VarMap, prefix: &str, path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let model =
+        ModelProto::decode(bytes.as_slice()).with_context(|| format!("{} is not an ONNX model", path.display()))?;
+    let initializers: HashMap<&str, &TensorProto> = model
+        .graph
+        .iter()
+        .flat_map(|g| &g.initializer)
+        .map(|t| (t.name.as_str(), t))
+        .collect();
+    let squeezed = |dims: &[usize]| dims.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
+    for (name, var) in map.data().lock().expect("var map").iter() {
+        let short = name.strip_prefix(&format!("{prefix}.")).unwrap_or(name);
+        let tensor = initializers
+            .get(short)
+            .with_context(|| format!("{} lacks the weight {short}: not this network", path.display()))?;
+        let dims: Vec<usize> = tensor.dims.iter().map(|&d| d as usize).collect();
+        if tensor.data_type != DataType::Float as i32 || squeezed(&dims) != squeezed(var.dims()) {
+            anyhow::bail!(
+                "{}: the weight {short} is {:?}, this network's {:?}: not this network (same --input and --units?)",
+                path.display(),
+                dims,
+                var.dims()
+            );
+        }
+        let values: Vec<f32> = tensor
+            .raw_data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        var.set(&candle_core::Tensor::from_vec(
+            values,
+            var.dims(),
+            &candle_core::Device::Cpu,
+        )?)?;
+    }
+    Ok(())
+}
+
 /// Writes a model card as TOML. Its numbers are f32s, which TOML stores as
 /// f64s; each is written as the shortest decimal that reads back as the
 /// same f32 (`expand = 0.8`, not `0.800000011920929`), so cards stay
@@ -618,6 +663,39 @@ mod tests {
             let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let diff = a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
             assert!(diff <= 1e-4 * scale.max(1e-6), "max difference {diff} at scale {scale}");
+        }
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn an_imported_model_file_gives_back_the_exported_network_and_refuses_another() {
+        let config = tiny_backbone([4, 6, 8], [1, 0, 1], 10);
+        let path = std::env::temp_dir().join(format!("normgate-import-{}/tiny.onnx", std::process::id()));
+        let (exported, _) = exported_backbone(config, 3, "refiner", &backbone_card(&config, None), &path);
+        // Another seed: other weights until the file's are imported.
+        let build = |config, seed| {
+            let map = VarMap::new();
+            let vb = SeededVars::builder(&map, seed, &Device::Cpu);
+            let net =
+                crate::backbone::Backbone::new(config, crate::backbone::ConvImpl::Fast, vb.pp("refiner")).unwrap();
+            (net, map)
+        };
+        let (net, map) = build(config, 4);
+        let x = Tensor::rand(0f32, 1.0, (2, 3, 28, 24), &Device::Cpu).unwrap();
+        let outputs =
+            |n: &crate::backbone::Backbone| n.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_ne!(outputs(&net), outputs(&exported));
+        import_weights(&map, "refiner", &path).unwrap();
+        assert_eq!(outputs(&net), outputs(&exported));
+        // A wider or a deeper network is not this file's.
+        for other in [
+            tiny_backbone([4, 8, 8], [1, 0, 1], 10),
+            tiny_backbone([4, 6, 8], [1, 1, 1], 10),
+        ] {
+            let err = import_weights(&build(other, 4).1, "refiner", &path)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("not this network"), "{err}");
         }
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }

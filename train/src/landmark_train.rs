@@ -21,6 +21,7 @@ use image::RgbImage;
 use normgate::card::{RefinerCrop, ALIGNED_SIDES};
 use normgate::detector::Face;
 use normgate::landmarks::Region;
+use normgate_core::align::Landmarks;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
@@ -29,6 +30,8 @@ use serde::{Deserialize, Serialize};
 use crate::backbone::{Backbone, BackboneConfig, ConvImpl};
 use crate::detector_data::{mirror_landmarks, photometric};
 use crate::detector_train::chw;
+use crate::device_starts::{DeviceStarts, Starts};
+use crate::export::import_weights;
 use crate::optim::{load_weights, read_config, Progress, Schedule, Sgd, Training};
 use crate::vars::SeededVars;
 
@@ -77,11 +80,16 @@ pub struct RefinerTrainConfig {
     /// The loss on the points' errors (older runs: smooth-L1).
     #[serde(default)]
     pub loss: PointLoss,
-    /// A finished refiner run of the same network whose weights this run
-    /// starts from, its schedule begun afresh (a warm restart: more steps
-    /// for a trained network without training it again from scratch).
+    /// A finished refiner run of the same network, or a model file that
+    /// `export` wrote of one, whose weights this run starts from, its
+    /// schedule begun afresh (a warm restart: more steps for a trained
+    /// network without training it again from scratch).
     #[serde(default)]
     pub warm_start: Option<PathBuf>,
+    /// Landmark crops: the device's chain before this reading, whose points
+    /// on the training faces start a share of the crops (older runs: none).
+    #[serde(default)]
+    pub device_starts: Option<DeviceStarts>,
     /// Teacher faces below this score are not trained on.
     pub min_score: f32,
     /// Teacher faces with a shorter side below this (pixels) are not trained on.
@@ -207,6 +215,7 @@ impl Default for RefinerTrainConfig {
             pose_balance: default_pose_balance(),
             loss: PointLoss::SmoothL1,
             warm_start: None,
+            device_starts: None,
             min_score: 0.8,
             min_side: 16.0,
             network: RefinerSpec {
@@ -261,14 +270,23 @@ impl RefinerTrainConfig {
         if !(self.start_noise >= 0.0 && self.start_noise.is_finite()) {
             bail!("--start-noise {} must be a finite share >= 0", self.start_noise);
         }
+        if let Some(starts) = &self.device_starts {
+            if self.crop == RefinerCrop::Box {
+                bail!("--start-reading starts landmark crops (a second reading): drop it or use --crop landmarks");
+            }
+            starts.check()?;
+        }
         Ok(())
     }
 }
 
-/// One training crop: the input image and the five points as shares of its side.
+/// One training crop: the input image and the five points as shares of its
+/// side. `start`: the device's points for this face before this reading, if
+/// the run has them ([`DeviceStarts`]) and the chain found the face.
 pub fn training_crop(
     image: &RgbImage,
     face: &Face,
+    start: Option<&Landmarks>,
     config: &RefinerTrainConfig,
     rng: &mut impl Rng,
 ) -> Result<(RgbImage, [[f32; 2]; 5])> {
@@ -282,7 +300,12 @@ pub fn training_crop(
             }
         }
         RefinerCrop::Landmarks => {
-            Region::on_landmarks(&starting_points(face, config.start_noise, rng))?.scaled(config.aligned_side)
+            // Runs without device starts draw nothing here, so they repeat.
+            let from = match (start, &config.device_starts) {
+                (Some(start), Some(d)) if rng.random_bool(f64::from(d.share)) => start,
+                _ => &face.landmarks,
+            };
+            Region::on_landmarks(&starting_points(from, face, config.start_noise, rng))?.scaled(config.aligned_side)
         }
     };
     let size = config.network.input as u32;
@@ -320,13 +343,15 @@ fn moved_box(face: &Face, config: &RefinerTrainConfig, rng: &mut impl Rng) -> [f
     ]
 }
 
-/// The teacher's points as a first reading might place them: the face
-/// shifted, turned and scaled about its centre, and each point moved, all
-/// by normal amounts of standard deviation `noise` (shares of the eyes'
-/// distance; radians; relative scale).
-fn starting_points(face: &Face, noise: f32, rng: &mut impl Rng) -> [[f32; 2]; 5] {
-    let l = face.landmarks;
-    let eyes = (l[1][0] - l[0][0]).hypot(l[1][1] - l[0][1]).max(1.0);
+/// Points `from` (the teacher's, or the device's for this face) as a first
+/// reading might place them: the face shifted, turned and scaled about its
+/// centre, and each point moved, all by normal amounts of standard
+/// deviation `noise` (shares of the teacher `face`'s eyes' distance;
+/// radians; relative scale).
+fn starting_points(from: &Landmarks, face: &Face, noise: f32, rng: &mut impl Rng) -> [[f32; 2]; 5] {
+    let t = face.landmarks;
+    let eyes = (t[1][0] - t[0][0]).hypot(t[1][1] - t[0][1]).max(1.0);
+    let l = *from;
     let mut normal = || noise * rng.sample::<f32, _>(StandardNormal);
     let centre = [0, 1].map(|a| l.iter().map(|p| p[a]).sum::<f32>() / 5.0);
     let (angle, scale) = (normal(), 1.0 + normal());
@@ -360,6 +385,8 @@ pub struct RefinerTrainer {
     scenes: Vec<(RgbImage, Vec<Face>)>,
     /// (scene, face) pairs that qualify for training, each as many times as it is drawn.
     faces: Vec<(usize, usize)>,
+    /// The device's points per scene and face (empty without device starts).
+    starts: Starts,
     net: Backbone,
     sgd: Sgd,
     step: u64,
@@ -396,22 +423,24 @@ impl RefinerTrainer {
         let mut sgd = Sgd::new(&map)?;
         let step = sgd.resume(dir, &config)?;
         if let (0, Some(source)) = (step, &config.warm_start) {
-            let trained: RefinerTrainConfig = read_config(source)?;
-            if trained.network != config.network {
-                bail!(
-                    "--warm-start {}: its network ({:?}) is not this run's ({:?}); use the same --input and --units",
-                    source.display(),
-                    trained.network,
-                    config.network
-                );
+            if source.is_file() {
+                // A model file: its weights' shapes say whether it is this network.
+                import_weights(&map, "refiner", source)
+                    .with_context(|| format!("--warm-start {}", source.display()))?;
+            } else {
+                warm_start_from_run(&map, source, &config.network)?;
             }
-            load_weights(&map, source).with_context(|| format!("--warm-start {}", source.display()))?;
             log::info!("starting from the weights of {}", source.display());
         }
+        let starts = match &config.device_starts {
+            Some(d) => d.load_or_find(&scenes, dir)?,
+            None => Vec::new(),
+        };
         Ok(Self {
             config,
             scenes,
             faces,
+            starts,
             net,
             sgd,
             step,
@@ -437,7 +466,8 @@ impl RefinerTrainer {
         for _ in 0..self.config.batch {
             let (s, f) = self.faces[rng.random_range(0..self.faces.len())];
             let (image, faces) = &self.scenes[s];
-            let (crop, points) = training_crop(image, &faces[f], &self.config, &mut rng)?;
+            let start = self.starts.get(s).and_then(|faces| faces[f].as_ref());
+            let (crop, points) = training_crop(image, &faces[f], start, &self.config, &mut rng)?;
             pixels.extend(chw(&crop));
             targets.extend(points.iter().flatten());
         }
@@ -492,6 +522,21 @@ impl Training for RefinerTrainer {
     fn save(&self, dir: &Path) -> Result<()> {
         self.sgd.save(dir, self.step, &self.config)
     }
+}
+
+/// Sets `map` from the checkpoint of the finished run `source`, which must
+/// have trained the same network.
+fn warm_start_from_run(map: &VarMap, source: &Path, network: &RefinerSpec) -> Result<()> {
+    let trained: RefinerTrainConfig = read_config(source)?;
+    if trained.network != *network {
+        bail!(
+            "--warm-start {}: its network ({:?}) is not this run's ({:?}); use the same --input and --units",
+            source.display(),
+            trained.network,
+            network
+        );
+    }
+    load_weights(map, source).with_context(|| format!("--warm-start {}", source.display()))
 }
 
 /// The refiner of a run folder's checkpoint, for evaluation and export.
@@ -556,14 +601,14 @@ mod tests {
                 start_noise: 0.0,
                 ..config.clone()
             };
-            let (_, p) = training_crop(&image, &f, &still, &mut StdRng::seed_from_u64(1)).unwrap();
+            let (_, p) = training_crop(&image, &f, None, &still, &mut StdRng::seed_from_u64(1)).unwrap();
             (p[1][0] - p[0][0]).hypot(p[1][1] - p[0][1])
         };
         assert!((eyes(&zoomed) - eyes(&landmarks) / 0.8).abs() < 1e-4);
         assert_eq!(zoomed.card_expand(), 0.8);
         let configs = [boxes, landmarks, rolled, zoomed].map(|c| std::iter::repeat_n(c, 40));
         for config in configs.into_iter().flatten() {
-            let (crop, points) = training_crop(&image, &f, &config, &mut rng).unwrap();
+            let (crop, points) = training_crop(&image, &f, None, &config, &mut rng).unwrap();
             // Left eye left of the right eye, mirrored or not, unless the face was rolled.
             assert!(config.roll > 0.0 || points[0][0] < points[1][0]);
             for [u, v] in points {
@@ -644,9 +689,63 @@ mod tests {
             },
             "--aligned-side 3 must be in [0.5, 2]",
         );
+        let device_starts = Some(crate::device_starts::DeviceStarts {
+            detector: "models/detector.onnx".into(),
+            reading: "models/refiner.onnx".into(),
+            share: 0.5,
+        });
+        refused(
+            RefinerTrainConfig {
+                device_starts: device_starts.clone(),
+                ..ok.clone()
+            },
+            "--start-reading starts landmark crops",
+        );
         let mut odd = ok;
         odd.network.input = 72;
         refused(odd, "--input 72");
+    }
+
+    #[test]
+    fn a_device_start_moves_the_crop_as_often_as_its_share_says() {
+        let f = face();
+        let image = RgbImage::from_fn(160, 140, |x, y| image::Rgb([(x * y) as u8, y as u8, x as u8]));
+        // The device placed the face 10 px right of the teacher's points.
+        let start = f.landmarks.map(|[x, y]| [x + 10.0, y]);
+        let config = |share| RefinerTrainConfig {
+            crop: RefinerCrop::Landmarks,
+            start_noise: 0.0,
+            device_starts: Some(crate::device_starts::DeviceStarts {
+                detector: "detector.onnx".into(),
+                reading: "refiner.onnx".into(),
+                share,
+            }),
+            ..RefinerTrainConfig::default()
+        };
+        // How far the teacher's nose sits from the crop's middle column (a
+        // mirrored crop moves it to the other side by as much).
+        let off_centre = |start: Option<&Landmarks>, config: &RefinerTrainConfig, seed| {
+            let (_, p) = training_crop(&image, &f, start, config, &mut StdRng::seed_from_u64(seed)).unwrap();
+            (p[2][0] - 0.5).abs()
+        };
+        let plain = RefinerTrainConfig {
+            device_starts: None,
+            ..config(1.0)
+        };
+        let centred = off_centre(None, &plain, 1);
+        for seed in 0..20 {
+            // Always from the start: the crop is cut 10 px right, the nose off its middle.
+            assert!(off_centre(Some(&start), &config(1.0), seed) > centred + 0.05);
+            // A face the chain did not find starts from the teacher's points.
+            assert!((off_centre(None, &config(1.0), seed) - centred).abs() < 1e-6);
+        }
+        let moved = (0..400)
+            .filter(|&seed| off_centre(Some(&start), &config(0.25), seed) > centred + 0.05)
+            .count();
+        assert!(
+            (60..=140).contains(&moved),
+            "{moved} of 400 crops started from the device's points"
+        );
     }
 
     #[test]
@@ -709,7 +808,7 @@ mod tests {
             let mut rng = StdRng::seed_from_u64(3);
             (0..20)
                 .map(|_| {
-                    let (crop, _) = training_crop(&image, &face(), &config, &mut rng).unwrap();
+                    let (crop, _) = training_crop(&image, &face(), None, &config, &mut rng).unwrap();
                     let row = crop.height() / 2;
                     let values: Vec<u8> = (0..crop.width()).map(|x| crop.get_pixel(x, row)[0]).collect();
                     let (lo, hi) = (*values.iter().min().unwrap(), *values.iter().max().unwrap());
@@ -783,6 +882,15 @@ mod tests {
         let restarted = RefinerTrainer::new(warm.clone(), scenes.clone(), &root.join("warm")).unwrap();
         assert_eq!(restarted.step, 0, "the schedule begins afresh");
         assert_eq!(sgd_weights(&restarted.sgd), sgd_weights(&source.sgd));
+        // The model file exported from the run gives the same start.
+        let file = root.join("source.onnx");
+        crate::export::export_refiner_run(&root.join("source"), &file, &[scenes[0].0.clone()], None).unwrap();
+        let from_file = RefinerTrainConfig {
+            warm_start: Some(file),
+            ..warm.clone()
+        };
+        let restarted = RefinerTrainer::new(from_file.clone(), scenes.clone(), &root.join("file")).unwrap();
+        assert_eq!(sgd_weights(&restarted.sgd), sgd_weights(&source.sgd));
         let fresh = RefinerTrainer::new(
             RefinerTrainConfig {
                 warm_start: None,
@@ -804,8 +912,18 @@ mod tests {
             },
             ..warm
         };
-        let err = RefinerTrainer::new(other, scenes, &root.join("other")).err().unwrap();
+        let err = RefinerTrainer::new(other.clone(), scenes.clone(), &root.join("other"))
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("is not this run's"), "{err}");
+        let other_from_file = RefinerTrainConfig {
+            warm_start: from_file.warm_start,
+            ..other
+        };
+        let err = RefinerTrainer::new(other_from_file, scenes, &root.join("other-file"))
+            .err()
+            .unwrap();
+        assert!(format!("{err:#}").contains("not this network"), "{err:#}");
         std::fs::remove_dir_all(root).unwrap();
     }
 }

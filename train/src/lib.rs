@@ -42,6 +42,7 @@ pub mod detection_loss;
 pub mod detector_data;
 pub mod detector_eval;
 pub mod detector_train;
+pub mod device_starts;
 pub mod eval;
 pub mod export;
 pub mod facenet;

@@ -12,6 +12,7 @@ use normgate_train::bench;
 use normgate_train::detector_train::{
     calibration_frames, training_scenes, DetectorSet, DetectorTrainConfig, DetectorTrainer,
 };
+use normgate_train::device_starts::DeviceStarts;
 use normgate_train::eval;
 use normgate_train::landmark_train::{PointLoss, RefinerSpec, RefinerTrainConfig, RefinerTrainer};
 use normgate_train::optim::{Schedule, Training};
@@ -350,10 +351,23 @@ struct TrainLandmarksArgs {
     /// instead of smooth-L1.
     #[arg(long, value_delimiter = ',')]
     wing: Option<Vec<f32>>,
-    /// Start from this finished refiner run's weights (same --input and
-    /// --units), with a fresh schedule of --steps: a warm restart.
+    /// Start from this finished refiner run's weights, or from a refiner
+    /// model file `export` wrote (same --input and --units), with a fresh
+    /// schedule of --steps: a warm restart.
     #[arg(long)]
     warm_start: Option<PathBuf>,
+    /// Landmark crops: the reading before this one (e.g. models/refiner.onnx;
+    /// its card's next is not followed). With the start detector it runs on
+    /// every training image once, and its points on each face start a share
+    /// of the crops, so this reading learns to correct the errors it makes.
+    #[arg(long)]
+    start_reading: Option<PathBuf>,
+    /// The detector whose boxes the start reading reads [default: models/detector.onnx].
+    #[arg(long, requires = "start_reading")]
+    start_detector: Option<PathBuf>,
+    /// Share of the crops cut around the start reading's points [default: 0.5].
+    #[arg(long, requires = "start_reading")]
+    device_start_share: Option<f32>,
     /// Seed of weights and batches.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -816,6 +830,11 @@ fn train_landmarks(args: TrainLandmarksArgs) -> Result<()> {
             None => PointLoss::SmoothL1,
         },
         warm_start: args.warm_start,
+        device_starts: args.start_reading.map(|reading| DeviceStarts {
+            detector: args.start_detector.unwrap_or_else(|| "models/detector.onnx".into()),
+            reading,
+            share: args.device_start_share.unwrap_or(0.5),
+        }),
         ..defaults
     };
     config.check()?;
