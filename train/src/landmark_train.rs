@@ -423,13 +423,16 @@ impl RefinerTrainer {
         let mut sgd = Sgd::new(&map)?;
         let step = sgd.resume(dir, &config)?;
         if let (0, Some(source)) = (step, &config.warm_start) {
-            if source.is_file() {
+            let weights = if source.is_file() {
                 // A model file: its weights' shapes say whether it is this network.
                 import_weights(&map, "refiner", source)
                     .with_context(|| format!("--warm-start {}", source.display()))?;
+                source.clone()
             } else {
                 warm_start_from_run(&map, source, &config.network)?;
-            }
+                crate::optim::checkpoint_path(source)
+            };
+            record_warm_start(&weights, dir)?;
             log::info!("starting from the weights of {}", source.display());
         }
         let starts = match &config.device_starts {
@@ -537,6 +540,20 @@ fn warm_start_from_run(map: &VarMap, source: &Path, network: &RefinerSpec) -> Re
         );
     }
     load_weights(map, source).with_context(|| format!("--warm-start {}", source.display()))
+}
+
+/// Name of the file in a warm-started run's folder that says which weights it started from.
+pub const WARM_START_RECORD: &str = "warm_start.sha256";
+
+/// Writes the SHA-256 and path of the file whose weights a warm start
+/// read into `dir` (`sha256sum -c` checks it): the path alone does not
+/// say which weights a run began from once a newer file replaces it.
+fn record_warm_start(weights: &Path, dir: &Path) -> Result<()> {
+    let bytes = std::fs::read(weights).with_context(|| format!("cannot read {}", weights.display()))?;
+    std::fs::create_dir_all(dir)?;
+    let line = format!("{}  {}\n", normgate::record::content_key(&bytes), weights.display());
+    let path = dir.join(WARM_START_RECORD);
+    std::fs::write(&path, line).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The refiner of a run folder's checkpoint, for evaluation and export.
@@ -891,6 +908,15 @@ mod tests {
         };
         let restarted = RefinerTrainer::new(from_file.clone(), scenes.clone(), &root.join("file")).unwrap();
         assert_eq!(sgd_weights(&restarted.sgd), sgd_weights(&source.sgd));
+        // Each warm-started run names the bytes it began from.
+        for (run, weights) in [
+            ("warm", crate::optim::checkpoint_path(&root.join("source"))),
+            ("file", root.join("source.onnx")),
+        ] {
+            let record = std::fs::read_to_string(root.join(run).join(WARM_START_RECORD)).unwrap();
+            let key = normgate::record::content_key(&std::fs::read(&weights).unwrap());
+            assert_eq!(record, format!("{key}  {}\n", weights.display()));
+        }
         let fresh = RefinerTrainer::new(
             RefinerTrainConfig {
                 warm_start: None,
