@@ -339,9 +339,7 @@ pub fn write(model: &ModelProto, card: &ModelCard, path: &Path) -> Result<()> {
 /// weight or another shape (unit dimensions aside, as PReLU slopes are
 /// stored `[C, 1, 1]`) is refused.
 pub fn import_weights(map: &VarMap, prefix: &str, path: &Path) -> Result<()> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let model =
-        ModelProto::decode(bytes.as_slice()).with_context(|| format!("{} is not an ONNX model", path.display()))?;
+    let model = crate::quantize::read_model(path)?;
     let initializers: HashMap<&str, &TensorProto> = model
         .graph
         .iter()
@@ -355,7 +353,7 @@ pub fn import_weights(map: &VarMap, prefix: &str, path: &Path) -> Result<()> {
             .get(short)
             .with_context(|| format!("{} lacks the weight {short}: not this network", path.display()))?;
         let dims: Vec<usize> = tensor.dims.iter().map(|&d| d as usize).collect();
-        if tensor.data_type != DataType::Float as i32 || squeezed(&dims) != squeezed(var.dims()) {
+        if squeezed(&dims) != squeezed(var.dims()) {
             anyhow::bail!(
                 "{}: the weight {short} is {:?}, this network's {:?}: not this network (same --input and --units?)",
                 path.display(),
@@ -363,11 +361,7 @@ pub fn import_weights(map: &VarMap, prefix: &str, path: &Path) -> Result<()> {
                 var.dims()
             );
         }
-        let values: Vec<f32> = tensor
-            .raw_data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let values = crate::quantize::floats_of(tensor).with_context(|| path.display().to_string())?;
         var.set(&candle_core::Tensor::from_vec(
             values,
             var.dims(),

@@ -171,7 +171,8 @@ fn i8s(name: &str, dims: &[usize], values: &[i8]) -> TensorProto {
     tensor(name, dims, DataType::Int8, values.iter().map(|&v| v as u8).collect())
 }
 
-fn floats_of(t: &TensorProto) -> Result<Vec<f32>> {
+/// A float initializer's values, from `raw_data` or `float_data`.
+pub(crate) fn floats_of(t: &TensorProto) -> Result<Vec<f32>> {
     if t.data_type != DataType::Float as i32 {
         bail!("initializer {} is not float", t.name);
     }
