@@ -1,7 +1,7 @@
 # `make check` is the whole test run that CI performs (README.md, .ci/run).
-.PHONY: check fmt clippy test core-bare-metal aarch64
+.PHONY: check fmt clippy test core-bare-metal aarch64 package
 
-check: fmt clippy test core-bare-metal aarch64
+check: fmt clippy test core-bare-metal aarch64 package
 
 fmt:
 	cargo fmt --all -- --check
@@ -9,6 +9,7 @@ fmt:
 clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
 
+# Host tests; tests/fuzz_corpora.rs replays the kept fuzzing corpora.
 test:
 	cargo test --workspace
 
@@ -19,3 +20,8 @@ core-bare-metal:
 
 aarch64:
 	cross/test-aarch64.sh
+
+# The Debian packages of both architectures, built from release builds and checked.
+package:
+	packaging/check-deb.sh "$$(packaging/build-deb.sh x86_64-unknown-linux-gnu)"
+	packaging/check-deb.sh "$$(packaging/build-deb.sh aarch64-unknown-linux-gnu)"

@@ -9,13 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use image::RgbImage;
+use linuxvideo::format::{PixFormat, PixelFormat};
+use linuxvideo::stream::ReadStream;
+use linuxvideo::{BufType, Device, Fract};
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use serde::{Deserialize, Serialize};
-use v4l::buffer::Type;
-use v4l::io::mmap::Stream;
-use v4l::io::traits::CaptureStream;
-use v4l::video::capture::Parameters;
-use v4l::video::Capture;
-use v4l::{Device, FourCC};
 
 use crate::source::{Frame, Item};
 
@@ -60,14 +58,10 @@ impl CaptureSettings {
     }
 }
 
-const MJPEG: [u8; 4] = *b"MJPG";
-const YUYV: [u8; 4] = *b"YUYV";
-
 /// Pixel formats this capture can convert, best first.
-fn choose_format(offered: &[FourCC]) -> Option<FourCC> {
-    [MJPEG, YUYV]
+fn choose_format(offered: &[PixelFormat]) -> Option<PixelFormat> {
+    [PixelFormat::MJPG, PixelFormat::YUYV]
         .into_iter()
-        .map(|f| FourCC::new(&f))
         .find(|f| offered.contains(f))
 }
 
@@ -97,65 +91,86 @@ pub fn yuyv_to_rgb(data: &[u8], width: u32, height: u32) -> Result<RgbImage> {
 
 /// An open, streaming camera.
 struct OpenCamera {
-    stream: Stream<'static>,
-    fourcc: FourCC,
+    stream: ReadStream,
+    format: PixelFormat,
     width: u32,
     height: u32,
+    timeout: Duration,
 }
 
-fn open_device(device: &str) -> Result<Device> {
+fn device_path(device: &str) -> String {
     match device.parse::<usize>() {
-        Ok(index) => Device::new(index).with_context(|| format!("cannot open camera /dev/video{index}")),
-        Err(_) => Device::with_path(device).with_context(|| format!("cannot open camera {device}")),
+        Ok(index) => format!("/dev/video{index}"),
+        Err(_) => device.to_string(),
     }
 }
 
 fn open(device: &str, settings: &CaptureSettings) -> Result<OpenCamera> {
-    let dev = open_device(device)?;
-    let offered: Vec<FourCC> = dev.enum_formats()?.into_iter().map(|d| d.fourcc).collect();
-    let Some(fourcc) = choose_format(&offered) else {
-        bail!("camera {device} offers neither MJPEG nor YUYV (it offers {offered:?})");
+    let path = device_path(device);
+    let dev = Device::open(&path).with_context(|| format!("cannot open camera {path}"))?;
+    let offered = dev
+        .formats(BufType::VIDEO_CAPTURE)
+        .map(|desc| desc.map(|d| d.pixel_format()))
+        .collect::<std::io::Result<Vec<_>>>()
+        .with_context(|| format!("camera {path}: cannot list its pixel formats"))?;
+    let Some(wanted) = choose_format(&offered) else {
+        bail!("camera {path} offers neither MJPEG nor YUYV (it offers {offered:?})");
     };
-    let mut format = dev.format()?;
-    format.width = settings.width;
-    format.height = settings.height;
-    format.fourcc = fourcc;
-    let format = dev.set_format(&format)?;
-    if format.fourcc != fourcc {
-        bail!("camera {device} refused pixel format {fourcc}");
+    let capture = dev
+        .video_capture(PixFormat::new(settings.width, settings.height, wanted))
+        .with_context(|| {
+            format!(
+                "camera {path}: cannot set {wanted} at {}x{}",
+                settings.width, settings.height
+            )
+        })?;
+    let format = capture.format();
+    let (pixel_format, width, height) = (format.pixel_format(), format.width(), format.height());
+    if pixel_format != wanted {
+        bail!("camera {path} refused pixel format {wanted}");
     }
     // Not every driver supports frame-rate control; the camera then runs at its own rate.
-    if let Err(e) = dev.set_params(&Parameters::with_fps(settings.fps)) {
-        log::warn!("camera {device}: cannot set {} fps: {e}", settings.fps);
+    if let Err(e) = capture.set_frame_interval(Fract::new(1, settings.fps)) {
+        log::warn!("camera {path}: cannot set {} fps: {e}", settings.fps);
     }
-    let mut stream = Stream::with_buffers(&dev, Type::VideoCapture, 4)?;
-    stream.set_timeout(Duration::from_secs_f32(settings.timeout_s));
-    log::info!(
-        "camera {device}: {}x{} {fourcc} at up to {} fps",
-        format.width,
-        format.height,
-        settings.fps
-    );
+    let stream = capture
+        .into_stream()
+        .with_context(|| format!("camera {path}: cannot start streaming"))?;
+    log::info!("camera {path}: {width}x{height} {wanted} at up to {} fps", settings.fps);
     Ok(OpenCamera {
         stream,
-        fourcc,
-        width: format.width,
-        height: format.height,
+        format: wanted,
+        width,
+        height,
+        timeout: Duration::from_secs_f32(settings.timeout_s),
     })
 }
 
 impl OpenCamera {
     /// The next frame's pixels; `Ok(Err(_))` is a frame that did not decode.
+    /// A frame that does not arrive within the timeout is a device failure.
     fn read(&mut self) -> Result<Result<RgbImage, String>> {
-        let (buffer, meta) = self.stream.next().map_err(|e| anyhow!("read failed: {e}"))?;
-        let data = &buffer[..(meta.bytesused as usize).min(buffer.len())];
-        Ok(if self.fourcc == FourCC::new(&MJPEG) {
-            image::load_from_memory_with_format(data, image::ImageFormat::Jpeg)
-                .map(|i| i.to_rgb8())
-                .map_err(|e| e.to_string())
-        } else {
-            yuyv_to_rgb(data, self.width, self.height).map_err(|e| e.to_string())
-        })
+        let timeout = Timespec::try_from(self.timeout).expect("a timeout of seconds");
+        let mut fds = [PollFd::new(&self.stream, PollFlags::IN)];
+        if poll(&mut fds, Some(&timeout)).map_err(|e| anyhow!("poll failed: {e}"))? == 0 {
+            bail!("no frame within {:.1} s", self.timeout.as_secs_f32());
+        }
+        let (format, width, height) = (self.format, self.width, self.height);
+        let decoded = self
+            .stream
+            .dequeue(|buffer| {
+                Ok(if buffer.is_error() {
+                    Err("the driver flagged the frame as corrupt".to_string())
+                } else if format == PixelFormat::MJPG {
+                    image::load_from_memory_with_format(&buffer, image::ImageFormat::Jpeg)
+                        .map(|i| i.to_rgb8())
+                        .map_err(|e| e.to_string())
+                } else {
+                    yuyv_to_rgb(&buffer, width, height).map_err(|e| e.to_string())
+                })
+            })
+            .map_err(|e| anyhow!("read failed: {e}"))?;
+        Ok(decoded)
     }
 }
 
@@ -228,7 +243,7 @@ mod tests {
 
     #[test]
     fn mjpeg_is_preferred_and_yuyv_is_the_fallback() {
-        let f = |s: &[u8; 4]| FourCC::new(s);
+        let f = |s: &[u8; 4]| PixelFormat::from_fourcc(*s);
         assert_eq!(choose_format(&[f(b"YUYV"), f(b"MJPG")]), Some(f(b"MJPG")));
         assert_eq!(choose_format(&[f(b"NV12"), f(b"YUYV")]), Some(f(b"YUYV")));
         assert_eq!(choose_format(&[f(b"NV12")]), None);

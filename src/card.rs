@@ -123,7 +123,7 @@ pub struct DetectorCard {
 /// Refuses a missing model file with what to set: `role` names the model
 /// ("face detector"), `key` its `[models]` key and command-line flag.
 pub fn check_model(path: &Path, role: &str, key: &str) -> Result<()> {
-    if !path.is_file() {
+    if !crate::embedded::exists(path) {
         bail!(
             "{role} model {} not found: set [models] {key} in the config (or --{key}) to an ONNX model with its card {} beside it; see models/MODELS.md",
             path.display(),
@@ -141,16 +141,19 @@ impl ModelCard {
 
     /// Reads and checks a card.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| {
+        let text = crate::embedded::read_text(path).with_context(|| {
             format!(
                 "cannot read model card {} (every model needs its card next to it)",
                 path.display()
             )
         })?;
-        let card: Self =
-            toml::from_str(&text).with_context(|| format!("model card {} is not valid", path.display()))?;
-        card.validate()
-            .with_context(|| format!("model card {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("model card {}", path.display()))
+    }
+
+    /// Parses and checks a card's text.
+    pub fn parse(text: &str) -> Result<Self> {
+        let card: Self = toml::from_str(text).context("not a valid card")?;
+        card.validate()?;
         Ok(card)
     }
 
@@ -245,26 +248,28 @@ impl ModelCard {
     }
 }
 
+/// The card of a SphereFace 112x96 embedder (input `input`, un-normalised
+/// feature `fc5`): the shape the project's backbones have, for tests and fuzzing.
+pub const SPHEREFACE_EMBEDDER: &str = r#"
+input = "input"
+width = 96
+height = 112
+batch = 0
+channels = "rgb"
+mean = [127.5, 127.5, 127.5]
+std = [128.0, 128.0, 128.0]
+[embedder]
+output = "fc5"
+template = "sphereface_112x96"
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const EMBEDDER: &str = r#"
-        input = "input0"
-        width = 96
-        height = 112
-        batch = 0
-        channels = "rgb"
-        mean = [127.5, 127.5, 127.5]
-        std = [128.0, 128.0, 128.0]
-        [embedder]
-        output = "fc5"
-        template = "sphereface_112x96"
-    "#;
-
     #[test]
     fn an_embedder_card_parses_and_normalises_pixels() {
-        let card: ModelCard = toml::from_str(EMBEDDER).unwrap();
+        let card: ModelCard = toml::from_str(SPHEREFACE_EMBEDDER).unwrap();
         card.validate().unwrap();
         assert_eq!(card.template().unwrap(), SPHEREFACE_112X96);
         let img = image::RgbImage::from_pixel(96, 112, image::Rgb([255, 127, 0]));
@@ -285,12 +290,14 @@ mod tests {
                 Err(e) => e.to_string(),
             }
         };
-        assert!(err(&EMBEDDER.replace("sphereface_112x96", "arcface_112x112"))
-            .contains("is 112x112 but the input is 96x112"));
-        assert!(err(&EMBEDDER.replace("sphereface_112x96", "square")).contains("unknown template"));
-        assert!(err(&EMBEDDER.replace("[128.0, 128.0, 128.0]", "[0.0, 1.0, 1.0]")).contains("std"));
-        assert!(err(&EMBEDDER.replace("batch = 0", "batch = 0\ncolour = 1")).contains("colour"));
-        let no_section = EMBEDDER.split("[embedder]").next().unwrap();
+        assert!(
+            err(&SPHEREFACE_EMBEDDER.replace("sphereface_112x96", "arcface_112x112"))
+                .contains("is 112x112 but the input is 96x112")
+        );
+        assert!(err(&SPHEREFACE_EMBEDDER.replace("sphereface_112x96", "square")).contains("unknown template"));
+        assert!(err(&SPHEREFACE_EMBEDDER.replace("[128.0, 128.0, 128.0]", "[0.0, 1.0, 1.0]")).contains("std"));
+        assert!(err(&SPHEREFACE_EMBEDDER.replace("batch = 0", "batch = 0\ncolour = 1")).contains("colour"));
+        let no_section = SPHEREFACE_EMBEDDER.split("[embedder]").next().unwrap();
         assert!(err(no_section).contains("exactly one"));
         let refiner = |side: &str, expand: &str| {
             format!("{no_section}[refiner]\noutput = \"fc5\"\nexpand = {expand}\n").replace("height = 112", side)
@@ -307,6 +314,9 @@ mod tests {
         zoomed.validate().unwrap();
         assert!(err(&format!("{landmarks}expand = 2.5\n")).contains("must be in [0.5, 2], not 2.5"));
         assert!(err(&landmarks.replace("\ncrop = \"landmarks\"", "")).contains("needs expand"));
-        assert!(err(&format!("{EMBEDDER}[refiner]\noutput = \"x\"\nexpand = 1.2\n")).contains("exactly one"));
+        assert!(err(&format!(
+            "{SPHEREFACE_EMBEDDER}[refiner]\noutput = \"x\"\nexpand = 1.2\n"
+        ))
+        .contains("exactly one"));
     }
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::camera::CaptureSettings;
 use crate::detector::DetectParams;
+use crate::embedded;
 use crate::sink::queue::{Limits, WhenFull};
 use crate::sink::upload::{Method, UploadSettings};
 use crate::source::SourceSpec;
@@ -40,7 +41,8 @@ pub struct Config {
 }
 
 /// `[models]`: ONNX files, each with its card (`model.toml`) beside it.
-/// Relative paths are taken from the working directory.
+/// Relative paths are taken from the working directory; `embedded:NAME`
+/// names a model compiled into the binary (the defaults, `normgate models`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelsSection {
@@ -59,9 +61,9 @@ pub struct ModelsSection {
 impl Default for ModelsSection {
     fn default() -> Self {
         Self {
-            detector: "models/detector.onnx".into(),
-            embedder: "models/backbone.onnx".into(),
-            refiner: "models/refiner.onnx".into(),
+            detector: embedded::default_path("detector.onnx"),
+            embedder: embedded::default_path("backbone.onnx"),
+            refiner: embedded::default_path("refiner.onnx"),
             batch: 1,
         }
     }
@@ -426,11 +428,13 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-        let config: Config = toml::from_str(&text)
-            .with_context(|| format!("config file {} is not valid (fix the key named below)", path.display()))?;
-        config
-            .validate()
-            .with_context(|| format!("config file {} is not valid", path.display()))?;
+        Self::parse(&text).with_context(|| format!("config file {} is not valid", path.display()))
+    }
+
+    /// Parses and validates a configuration's text.
+    pub fn parse(text: &str) -> Result<Self> {
+        let config: Config = toml::from_str(text).context("fix the key named below")?;
+        config.validate()?;
         Ok(config)
     }
 
@@ -506,9 +510,18 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config> {
-        let config: Config = toml::from_str(text)?;
-        config.validate()?;
-        Ok(config)
+        Config::parse(text)
+    }
+
+    /// The Debian package installs this file as /etc/normgate/normgate.toml.
+    #[test]
+    fn the_packaged_config_is_valid_and_keeps_state_under_var_lib() {
+        let config = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/normgate.toml")).unwrap();
+        assert_eq!(config.cameras()[0].source, "v4l2:/dev/video0");
+        assert_eq!(config.models, ModelsSection::default());
+        assert!(config.sink.spool.starts_with("/var/lib/normgate"));
+        assert!(config.log.decisions.starts_with("/var/lib/normgate"));
+        assert_eq!(config.metrics.listen, "127.0.0.1:9464");
     }
 
     #[test]

@@ -168,7 +168,7 @@ impl Refiner {
                 Self::MAX_READINGS
             );
         }
-        let next = card.parent().unwrap_or(Path::new(".")).join(next);
+        let next = crate::embedded::sibling(card, &next);
         check_model(&next, "next landmark refiner", "refiner")
             .with_context(|| format!("the next refiner of {}", card.display()))?;
         let second = Self::load_chain(&next, &ModelCard::path_for(&next), position + 1)?;

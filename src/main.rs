@@ -6,9 +6,12 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
+use normgate::card::ModelCard;
 use normgate::config::{CameraSection, Config, UploadSection};
+use normgate::embedded;
 use normgate::landmarks::Locator;
 use normgate::pipeline::load_embedder;
+use normgate::record::content_key;
 use normgate::runner::{self, Summary};
 use normgate::still::embed_main_face;
 use normgate_core::norm::l2_norm;
@@ -112,13 +115,13 @@ enum Command {
     /// Print the feature norm of the main face of each image.
     Embed {
         /// Face embedder ONNX model (its card .toml beside it).
-        #[arg(long, env = "NORMGATE_EMBEDDER", default_value = "models/backbone.onnx")]
+        #[arg(long, env = "NORMGATE_EMBEDDER", default_value = "embedded:backbone.onnx")]
         model: PathBuf,
         /// Face detector ONNX model, used unless --aligned.
-        #[arg(long, env = "NORMGATE_DETECTOR", default_value = "models/detector.onnx")]
+        #[arg(long, env = "NORMGATE_DETECTOR", default_value = "embedded:detector.onnx")]
         detector: PathBuf,
         /// Landmark refiner ONNX model run after the detector ("none": the detector's landmarks).
-        #[arg(long, env = "NORMGATE_REFINER", default_value = "models/refiner.onnx")]
+        #[arg(long, env = "NORMGATE_REFINER", default_value = "embedded:refiner.onnx")]
         refiner: PathBuf,
         /// The images are crops already aligned to the model's template: no detection.
         #[arg(long)]
@@ -129,6 +132,12 @@ enum Command {
         /// Images.
         #[arg(required = true)]
         images: Vec<PathBuf>,
+    },
+    /// List the models compiled into this binary, with their cards and SHA-256.
+    Models {
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Validate a configuration file and print what it configures.
     CheckConfig {
@@ -186,7 +195,7 @@ fn embed(
     let detector = if aligned {
         None
     } else {
-        if !detector.is_file() {
+        if !normgate::embedded::exists(&detector) {
             bail!(
                 "face detector {} not found: pass --detector MODEL, or --aligned for crops already aligned",
                 detector.display()
@@ -271,6 +280,49 @@ fn check_config(file: PathBuf, json: bool) -> Result<()> {
     Ok(())
 }
 
+fn list_models(json: bool) -> Result<()> {
+    let mut models = Vec::new();
+    for file in embedded::FILES.iter().filter(|f| f.name.ends_with(".onnx")) {
+        let path = embedded::default_path(file.name);
+        let card = ModelCard::load(&ModelCard::path_for(&path))?;
+        let kind = match (&card.detector, &card.refiner, &card.embedder) {
+            (Some(_), _, _) => "face detector",
+            (_, Some(_), _) => "landmark refiner",
+            _ => "face embedder",
+        };
+        models.push(serde_json::json!({
+            "path": path, "kind": kind, "bytes": file.bytes.len(),
+            "sha256": content_key(file.bytes), "card": card,
+        }));
+    }
+    if json {
+        println!("{}", serde_json::json!({ "models": models }));
+        return Ok(());
+    }
+    if models.is_empty() {
+        println!("this build embeds no models (built without the `embedded-models` feature)");
+    }
+    for m in &models {
+        let card = &m["card"];
+        println!(
+            "{}  {}, input {}x{}, {} bytes\n  sha256 {}",
+            m["path"].as_str().unwrap_or_default(),
+            m["kind"].as_str().unwrap_or_default(),
+            card["width"],
+            card["height"],
+            m["bytes"],
+            m["sha256"].as_str().unwrap_or_default()
+        );
+        if let Some(t) = card["embedder"]["recommended_threshold"].as_f64() {
+            println!("  recommended gate threshold {t:.3}");
+        }
+        if let Some(next) = card["refiner"]["next"].as_str() {
+            println!("  reads again with {}{next}", embedded::PREFIX);
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
@@ -288,6 +340,7 @@ fn main() -> ExitCode {
             json,
             images,
         } => embed(model, detector, refiner, aligned, json, images),
+        Command::Models { json } => list_models(json),
         Command::CheckConfig { file, json } => check_config(file, json),
     };
     match result {

@@ -7,6 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use tract_onnx::prelude::*;
 
 use crate::card::ModelCard;
+use crate::embedded;
 
 /// An optimised, runnable network.
 pub struct Network {
@@ -18,15 +19,21 @@ impl Network {
     /// Loads `model` for inputs of `batch` images of the card's size (the
     /// card's own batch size wins when the graph fixes it) and the named outputs.
     pub fn load(model: &Path, card: &ModelCard, batch: usize, outputs: &[&str]) -> Result<Self> {
-        if !model.is_file() {
+        if !embedded::exists(model) {
             bail!("model file {} not found", model.display());
         }
+        let bytes = embedded::read(model)?;
+        Self::from_bytes(&bytes, &model.display().to_string(), card, batch, outputs)
+    }
+
+    /// Loads a model from its file's bytes (`name` for messages).
+    pub fn from_bytes(bytes: &[u8], name: &str, card: &ModelCard, batch: usize, outputs: &[&str]) -> Result<Self> {
         let batch = if card.batch == 0 { batch } else { card.batch };
         let shape = [batch, 3, card.height as usize, card.width as usize];
         let mut graph = tract_onnx::onnx()
             .with_ignore_value_info(true)
-            .model_for_path(model)
-            .map_err(|e| anyhow!("{} is not a loadable ONNX model: {e}", model.display()))?;
+            .model_for_read(&mut &bytes[..])
+            .map_err(|e| anyhow!("{name} is not a loadable ONNX model: {e}"))?;
         graph
             .select_inputs_by_name([card.input.as_str()])
             .with_context(|| format!("the card's input {:?} is not in the model", card.input))?;
@@ -37,7 +44,7 @@ impl Network {
         let plan = graph
             .into_optimized()
             .and_then(|m| m.into_runnable())
-            .map_err(|e| anyhow!("{} cannot run with input {shape:?}: {e}", model.display()))?;
+            .map_err(|e| anyhow!("{name} cannot run with input {shape:?}: {e}"))?;
         Ok(Self {
             plan,
             input_shape: shape,

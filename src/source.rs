@@ -137,7 +137,8 @@ fn files(paths: Vec<PathBuf>) -> Source {
     Source { items: Box::new(items) }
 }
 
-fn stream(reader: impl Read + Send + 'static) -> Source {
+/// The frames of an MJPEG stream (concatenated JPEG images), decoded.
+pub fn stream(reader: impl Read + Send + 'static) -> Source {
     let items = JpegFrames::new(BufReader::new(reader))
         .zip(0u64..)
         .map(|(bytes, index)| decode(index, format!("stream#{index}"), bytes.map_err(|e| e.to_string())));

@@ -59,6 +59,39 @@ fn the_readme_main_command_runs_on_the_embedded_default() {
     assert!(v["cameras"][0]["faces"].as_u64() >= Some(1), "{v}");
 }
 
+/// A device install has no checkout: the models come from inside the binary.
+#[test]
+fn the_binary_runs_the_gate_from_an_empty_directory_with_its_embedded_models() {
+    let dir = scratch("empty-dir");
+    let samples = root().join("samples").display().to_string();
+    let out = command()
+        .current_dir(&dir)
+        .args(["run", "--json", "--metrics", "off", "--source", &samples])
+        .output()
+        .unwrap();
+    let v = json(&out);
+    assert!(v["cameras"][0]["passed"].as_u64() >= Some(1), "{v}");
+    assert!(dir.join("spool").is_dir() && dir.join("decisions.jsonl").is_file());
+
+    let out = command().current_dir(&dir).args(["models", "--json"]).output().unwrap();
+    let models = json(&out)["models"].as_array().unwrap().clone();
+    let paths: Vec<&str> = models.iter().map(|m| m["path"].as_str().unwrap()).collect();
+    assert_eq!(
+        paths,
+        [
+            "embedded:detector.onnx",
+            "embedded:refiner.onnx",
+            "embedded:refiner-aligned.onnx",
+            "embedded:backbone.onnx"
+        ]
+    );
+    let backbone = std::fs::read(root().join("models/backbone.onnx")).unwrap();
+    assert_eq!(models[3]["sha256"], normgate::record::content_key(&backbone));
+    assert_eq!(models[3]["bytes"], backbone.len());
+    assert!(models[3]["card"]["embedder"]["recommended_threshold"].as_f64() > Some(0.0));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn corrupt_stream_frames_are_counted_and_skipped() {
     let dir = scratch("corrupt");

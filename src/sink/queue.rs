@@ -88,16 +88,18 @@ fn encode(crop: &Crop) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-fn decode(bytes: &[u8]) -> Result<Crop> {
+/// Reads a queue entry file's bytes back into its crop; anything else is an error.
+pub fn decode(bytes: &[u8]) -> Result<Crop> {
     if bytes.len() < 8 || &bytes[..4] != MAGIC {
         bail!("not a queue entry");
     }
     let len = u32::from_le_bytes(bytes[4..8].try_into()?) as usize;
-    let meta = bytes.get(8..8 + len).context("truncated queue entry")?;
+    let end = len.checked_add(8).context("truncated queue entry")?;
+    let meta = bytes.get(8..end).context("truncated queue entry")?;
     let record: FaceRecord = serde_json::from_slice(meta).context("queue entry metadata")?;
     Ok(Crop {
         record,
-        jpeg: bytes[8 + len..].to_vec(),
+        jpeg: bytes[end..].to_vec(),
     })
 }
 
