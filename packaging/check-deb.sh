@@ -62,7 +62,8 @@ cp "$binary" "$work/empty/normgate"
 samples=$PWD/samples
 (
   cd "$work/empty"
-  "${run[@]}" ./normgate models | grep -q '^embedded:backbone.onnx' || fail "normgate models lists no embedded backbone"
+  models=$("${run[@]}" ./normgate models) || fail "normgate models failed"
+  grep -q '^embedded:backbone.onnx' <<<"$models" || fail "normgate models lists no embedded backbone: $models"
   "${run[@]}" ./normgate check-config "$work/root/etc/normgate/normgate.toml" >/dev/null ||
     fail "the packaged config is not valid"
   summary=$("${run[@]}" ./normgate run --source "$samples" --metrics off --json 2>/dev/null)

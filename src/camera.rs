@@ -15,7 +15,7 @@ use linuxvideo::{BufType, Device, Fract};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use serde::{Deserialize, Serialize};
 
-use crate::source::{Frame, Item};
+use crate::source::{decode_frame, Frame, Item};
 
 /// Capture settings of a camera (`[camera.capture]`).
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
@@ -65,14 +65,18 @@ fn choose_format(offered: &[PixelFormat]) -> Option<PixelFormat> {
         .find(|f| offered.contains(f))
 }
 
-/// Converts packed YUYV 4:2:2 (BT.601, limited range) to RGB8.
-pub fn yuyv_to_rgb(data: &[u8], width: u32, height: u32) -> Result<RgbImage> {
-    let needed = width as usize * height as usize * 2;
-    if data.len() < needed {
+/// Converts packed YUYV 4:2:2 (BT.601, limited range) to RGB8. Rows are
+/// `stride` bytes apart (drivers may pad them); 0 means packed rows.
+pub fn yuyv_to_rgb(data: &[u8], width: u32, height: u32, stride: u32) -> Result<RgbImage> {
+    let row = width as usize * 2;
+    let stride = (stride as usize).max(row);
+    let needed = (height as usize).saturating_sub(1) * stride + row;
+    if height == 0 || data.len() < needed {
         bail!("YUYV frame has {} bytes, {width}x{height} needs {needed}", data.len());
     }
-    let mut rgb = Vec::with_capacity(needed / 2 * 3);
-    for quad in data[..needed].chunks_exact(4) {
+    let mut rgb = Vec::with_capacity(width as usize * height as usize * 3);
+    let rows = data.chunks(stride).take(height as usize);
+    for quad in rows.flat_map(|r| r[..row].chunks_exact(4)) {
         let (y0, u, y1, v) = (
             quad[0] as f32,
             quad[1] as f32 - 128.0,
@@ -95,6 +99,8 @@ struct OpenCamera {
     format: PixelFormat,
     width: u32,
     height: u32,
+    /// Bytes from one row's start to the next's.
+    stride: u32,
     timeout: Duration,
 }
 
@@ -125,7 +131,12 @@ fn open(device: &str, settings: &CaptureSettings) -> Result<OpenCamera> {
             )
         })?;
     let format = capture.format();
-    let (pixel_format, width, height) = (format.pixel_format(), format.width(), format.height());
+    let (pixel_format, width, height, stride) = (
+        format.pixel_format(),
+        format.width(),
+        format.height(),
+        format.bytes_per_line(),
+    );
     if pixel_format != wanted {
         bail!("camera {path} refused pixel format {wanted}");
     }
@@ -142,6 +153,7 @@ fn open(device: &str, settings: &CaptureSettings) -> Result<OpenCamera> {
         format: wanted,
         width,
         height,
+        stride,
         timeout: Duration::from_secs_f32(settings.timeout_s),
     })
 }
@@ -155,18 +167,16 @@ impl OpenCamera {
         if poll(&mut fds, Some(&timeout)).map_err(|e| anyhow!("poll failed: {e}"))? == 0 {
             bail!("no frame within {:.1} s", self.timeout.as_secs_f32());
         }
-        let (format, width, height) = (self.format, self.width, self.height);
+        let (format, width, height, stride) = (self.format, self.width, self.height, self.stride);
         let decoded = self
             .stream
             .dequeue(|buffer| {
                 Ok(if buffer.is_error() {
                     Err("the driver flagged the frame as corrupt".to_string())
                 } else if format == PixelFormat::MJPG {
-                    image::load_from_memory_with_format(&buffer, image::ImageFormat::Jpeg)
-                        .map(|i| i.to_rgb8())
-                        .map_err(|e| e.to_string())
+                    decode_frame(&buffer, Some(image::ImageFormat::Jpeg))
                 } else {
-                    yuyv_to_rgb(&buffer, width, height).map_err(|e| e.to_string())
+                    yuyv_to_rgb(&buffer, width, height, stride).map_err(|e| e.to_string())
                 })
             })
             .map_err(|e| anyhow!("read failed: {e}"))?;
@@ -252,15 +262,40 @@ mod tests {
     #[test]
     fn yuyv_grey_white_and_red_convert() {
         // Two pixels per quad: (Y0 U Y1 V).
-        let grey = yuyv_to_rgb(&[126, 128, 126, 128], 2, 1).unwrap();
+        let grey = yuyv_to_rgb(&[126, 128, 126, 128], 2, 1, 0).unwrap();
         assert!(grey.pixels().all(|p| p.0.iter().all(|&c| (c as i32 - 128).abs() <= 1)));
-        let white = yuyv_to_rgb(&[235, 128, 235, 128], 2, 1).unwrap();
+        let white = yuyv_to_rgb(&[235, 128, 235, 128], 2, 1, 4).unwrap();
         assert!(white.pixels().all(|p| p.0 == [255, 255, 255]));
         // BT.601 red: Y 81, U 90, V 240.
-        let red = yuyv_to_rgb(&[81, 90, 81, 240], 2, 1).unwrap();
+        let red = yuyv_to_rgb(&[81, 90, 81, 240], 2, 1, 0).unwrap();
         let p = red.get_pixel(0, 0).0;
         assert!(p[0] > 250 && p[1] < 5 && p[2] < 5, "{p:?}");
-        assert!(yuyv_to_rgb(&[0; 6], 2, 2).is_err());
+        assert!(yuyv_to_rgb(&[0; 6], 2, 2, 0).is_err());
+    }
+
+    #[test]
+    fn padded_yuyv_rows_skip_their_padding() {
+        // Two rows of one white quad each, padded to 6 bytes with black-ish bytes.
+        let data = [235, 128, 235, 128, 0, 0, 16, 128, 16, 128];
+        let image = yuyv_to_rgb(&data, 2, 2, 6).unwrap();
+        assert_eq!(image.get_pixel(1, 0).0, [255, 255, 255]);
+        assert_eq!(image.get_pixel(0, 1).0, [0, 0, 0]);
+        assert!(yuyv_to_rgb(&data[..9], 2, 2, 6).is_err());
+    }
+
+    /// A device node that is not a camera is a failure to report and retry, not a crash.
+    #[test]
+    fn a_file_that_is_no_v4l2_device_is_reported_as_such() {
+        let stop = AtomicBool::new(false);
+        let mut error = String::new();
+        capture("/dev/null", &CaptureSettings::default(), &stop, |item| {
+            if let Item::Lost { error: e } = item {
+                error = e;
+            }
+            stop.store(true, Ordering::Relaxed);
+            true
+        });
+        assert!(error.contains("cannot open camera /dev/null"), "{error}");
     }
 
     #[test]

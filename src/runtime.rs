@@ -1,9 +1,11 @@
 //! A model loaded with tract, typed and optimised once at start, with its
 //! inputs and outputs chosen by name from the model card.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
+use tract_onnx::pb::GraphProto;
 use tract_onnx::prelude::*;
 
 use crate::card::ModelCard;
@@ -13,6 +15,32 @@ use crate::embedded;
 pub struct Network {
     plan: Arc<TypedRunnableModel>,
     input_shape: [usize; 4],
+}
+
+/// Refuses what tract's ONNX parser takes for granted without checking: it
+/// panics (and the device's release build aborts) on a graph output that
+/// no input, initializer or node defines. Subgraphs (If, Loop, Scan bodies)
+/// may use the names of the graphs around them. Found by fuzzing (`fuzz/`).
+fn check_graph<'a>(graph: &'a GraphProto, outer: &HashSet<&'a str>) -> Result<()> {
+    let mut defined = outer.clone();
+    defined.extend(graph.input.iter().map(|i| i.name.as_str()));
+    defined.extend(graph.initializer.iter().map(|t| t.name.as_str()));
+    for node in &graph.node {
+        // An undefined node input becomes a graph input in tract (and is refused there).
+        defined.extend(node.input.iter().chain(&node.output).map(String::as_str));
+    }
+    if let Some(output) = graph.output.iter().find(|o| !defined.contains(o.name.as_str())) {
+        bail!(
+            "graph output {:?} is defined by no input, initializer or node",
+            output.name
+        );
+    }
+    for attribute in graph.node.iter().flat_map(|n| &n.attribute) {
+        for body in attribute.g.iter().chain(&attribute.graphs) {
+            check_graph(body, &defined)?;
+        }
+    }
+    Ok(())
 }
 
 impl Network {
@@ -30,9 +58,17 @@ impl Network {
     pub fn from_bytes(bytes: &[u8], name: &str, card: &ModelCard, batch: usize, outputs: &[&str]) -> Result<Self> {
         let batch = if card.batch == 0 { batch } else { card.batch };
         let shape = [batch, 3, card.height as usize, card.width as usize];
-        let mut graph = tract_onnx::onnx()
-            .with_ignore_value_info(true)
-            .model_for_read(&mut &bytes[..])
+        let onnx = tract_onnx::onnx().with_ignore_value_info(true);
+        let proto = onnx
+            .proto_model_for_read(&mut &bytes[..])
+            .map_err(|e| anyhow!("{name} is not an ONNX model: {e}"))?;
+        let graph = proto
+            .graph
+            .as_ref()
+            .with_context(|| format!("{name} is an ONNX file without a graph"))?;
+        check_graph(graph, &HashSet::new()).with_context(|| format!("{name} is not a valid ONNX model"))?;
+        let mut graph = onnx
+            .model_for_proto_model(&proto)
             .map_err(|e| anyhow!("{name} is not a loadable ONNX model: {e}"))?;
         graph
             .select_inputs_by_name([card.input.as_str()])
@@ -70,5 +106,29 @@ impl Network {
             .iter()
             .map(|o| Ok(o.to_plain_array_view::<f32>()?.iter().copied().collect()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::card::SPHEREFACE_EMBEDDER;
+
+    /// Fuzzing's first finding: tract's parser panics on this model (its
+    /// graph output `fc4` is made by nothing; the node makes `fc5`).
+    #[test]
+    fn a_graph_output_that_nothing_defines_is_an_error_not_a_panic() {
+        let file =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/onnx_model/graph-output-defined-by-nothing");
+        let bytes = std::fs::read(file).unwrap();
+        let card = ModelCard::parse(SPHEREFACE_EMBEDDER).unwrap();
+        let err = Network::from_bytes(&bytes, "bad.onnx", &card, 1, &["fc5"])
+            .err()
+            .unwrap();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("bad.onnx is not a valid ONNX model: graph output \"fc4\" is defined by no"),
+            "{err}"
+        );
     }
 }

@@ -118,13 +118,30 @@ fn has_extension(path: &Path, extensions: &[&str]) -> bool {
         .is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
+/// Largest frame side decoded: a corrupt header that claims more is refused
+/// before anything is allocated for it.
+pub const MAX_FRAME_SIDE: u32 = 8192;
+/// Most memory one frame's decoding may take (an 8192 x 8192 RGB frame plus the decoder's own).
+const MAX_FRAME_DECODE_BYTES: u64 = 256 << 20;
+
+/// Decodes one encoded frame (JPEG, PNG, ...) to RGB8, within bounded memory.
+pub fn decode_frame(bytes: &[u8], format: Option<image::ImageFormat>) -> Result<RgbImage, String> {
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes));
+    match format {
+        Some(format) => reader.set_format(format),
+        None => reader = reader.with_guessed_format().map_err(|e| e.to_string())?,
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_FRAME_SIDE);
+    limits.max_image_height = Some(MAX_FRAME_SIDE);
+    limits.max_alloc = Some(MAX_FRAME_DECODE_BYTES);
+    reader.limits(limits);
+    reader.decode().map(|i| i.to_rgb8()).map_err(|e| e.to_string())
+}
+
 fn decode(index: u64, name: String, bytes: Result<Vec<u8>, String>) -> Item {
-    match bytes.and_then(|b| image::load_from_memory(&b).map_err(|e| e.to_string())) {
-        Ok(img) => Item::Frame(Frame {
-            index,
-            name,
-            image: img.to_rgb8(),
-        }),
+    match bytes.and_then(|b| decode_frame(&b, None)) {
+        Ok(image) => Item::Frame(Frame { index, name, image }),
         Err(error) => Item::Corrupt { index, name, error },
     }
 }
@@ -242,6 +259,24 @@ mod tests {
         assert!(matches!(&items[0], Item::Frame(f) if f.image.dimensions() == (4, 3) && f.index == 0));
         assert!(matches!(&items[1], Item::Corrupt { index: 1, .. }));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A small file that claims a huge frame must not make the device allocate it.
+    #[test]
+    fn frames_beyond_the_largest_side_are_refused_before_decoding() {
+        let png = |width: u32| {
+            let mut out = Vec::new();
+            image::GrayImage::new(width, 1)
+                .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+                .unwrap();
+            out
+        };
+        let widest = png(MAX_FRAME_SIDE);
+        assert_eq!(decode_frame(&widest, None).unwrap().dimensions(), (MAX_FRAME_SIDE, 1));
+        let too_wide = png(MAX_FRAME_SIDE + 1);
+        assert!(too_wide.len() < 1000);
+        let err = decode_frame(&too_wide, None).unwrap_err();
+        assert!(err.contains("limit"), "{err}");
     }
 
     #[test]
