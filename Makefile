@@ -18,10 +18,12 @@ core-bare-metal:
 	cargo build -p normgate-core --no-default-features --target thumbv7em-none-eabihf
 	cargo build -p normgate-core --no-default-features --features alloc --target thumbv7em-none-eabihf
 
+# The core's tests and the aarch64 release binary under qemu (cross/test-aarch64.sh).
 aarch64:
 	cross/test-aarch64.sh
 
-# The Debian packages of both architectures, built from release builds and checked.
+# The Debian packages of both architectures from the release builds, checked
+# (after `aarch64`, the arm64 package ships the binary it tested).
 package:
 	packaging/check-deb.sh "$$(packaging/build-deb.sh x86_64-unknown-linux-gnu)"
 	packaging/check-deb.sh "$$(packaging/build-deb.sh aarch64-unknown-linux-gnu)"

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Builds the whole workspace for aarch64 and runs every test under qemu-user,
-# linking with Debian's cross gcc. This is the Docker-free twin of
-# `cross test --target aarch64-unknown-linux-gnu` (see Cross.toml).
+# Tests the device for aarch64 under qemu-user, linking with Debian's cross
+# gcc (the Docker-free twin of `cross test --target aarch64-unknown-linux-gnu`):
+#   1. the core's unit tests, built for aarch64;
+#   2. the release binary for aarch64 (the one the arm64 package ships);
+#   3. the device's integration tests (tests/cli.rs, tests/gate.rs), built
+#      for the host, driving that aarch64 binary under qemu.
+# So the shipped artifact itself is tested on its architecture, and tract is
+# compiled for aarch64 once (release), not a second time in the test profile.
 # Needs: gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user, and
 # `rustup target add aarch64-unknown-linux-gnu`.
 set -euo pipefail
@@ -22,8 +27,8 @@ fi
 runner="qemu-aarch64 -L $sysroot -E LD_LIBRARY_PATH=$sysroot/lib"
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$runner"
-# Integration tests start the device binary themselves; without binfmt_misc
-# they must go through qemu too.
-export NORMGATE_TEST_RUNNER="$runner"
-# normgate-train is a host tool that never runs on the device.
-exec cargo test --workspace --exclude normgate-train --target "$target" "$@"
+
+cargo test -p normgate-core --target "$target"
+cargo build --release --locked -p normgate --target "$target"
+NORMGATE_TEST_BIN=$PWD/target/$target/release/normgate NORMGATE_TEST_RUNNER="$runner" \
+  cargo test -p normgate --test cli --test gate "$@"

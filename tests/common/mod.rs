@@ -14,15 +14,17 @@ pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The binary, behind `NORMGATE_TEST_RUNNER` when set: under qemu-user without
-/// binfmt_misc a test cannot exec a foreign binary directly (cross/test-aarch64.sh).
+/// The binary (`NORMGATE_TEST_BIN` when set: another build of it, e.g. the
+/// aarch64 release build), behind `NORMGATE_TEST_RUNNER` when set: under
+/// qemu-user without binfmt_misc a test cannot exec a foreign binary
+/// directly (cross/test-aarch64.sh).
 pub fn command() -> Command {
-    let exe = env!("CARGO_BIN_EXE_normgate");
+    let exe = std::env::var("NORMGATE_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_normgate").into());
     let mut cmd = match std::env::var("NORMGATE_TEST_RUNNER") {
         Ok(runner) if !runner.trim().is_empty() => {
             let mut words = runner.split_whitespace();
             let mut cmd = Command::new(words.next().unwrap());
-            cmd.args(words).arg(exe).env_remove("LD_LIBRARY_PATH");
+            cmd.args(words).arg(&exe).env_remove("LD_LIBRARY_PATH");
             cmd
         }
         _ => Command::new(exe),
