@@ -17,11 +17,22 @@ pub struct Network {
     input_shape: [usize; 4],
 }
 
-/// Refuses what tract's ONNX parser takes for granted without checking: it
-/// panics (and the device's release build aborts) on a graph output that
-/// no input, initializer or node defines. Subgraphs (If, Loop, Scan bodies)
-/// may use the names of the graphs around them. Found by fuzzing (`fuzz/`).
+/// The ONNX operators that take no inputs.
+const SOURCE_OPS: [&str; 3] = ["Constant", "RandomNormal", "RandomUniform"];
+
+/// Refuses what tract takes for granted without checking: it panics (and
+/// the device's release build aborts) on a graph output that no input,
+/// initializer or node defines, and on an operator node without inputs.
+/// Subgraphs (If, Loop, Scan bodies) may use the names of the graphs around
+/// them. Both found by fuzzing (`fuzz/regressions/onnx_model/`).
 fn check_graph<'a>(graph: &'a GraphProto, outer: &HashSet<&'a str>) -> Result<()> {
+    if let Some(node) = graph
+        .node
+        .iter()
+        .find(|n| n.input.iter().all(String::is_empty) && !SOURCE_OPS.contains(&n.op_type.as_str()))
+    {
+        bail!("node {:?} ({}) has no inputs", node.name, node.op_type);
+    }
     let mut defined = outer.clone();
     defined.extend(graph.input.iter().map(|i| i.name.as_str()));
     defined.extend(graph.initializer.iter().map(|t| t.name.as_str()));
@@ -114,21 +125,29 @@ mod tests {
     use super::*;
     use crate::card::SPHEREFACE_EMBEDDER;
 
-    /// Fuzzing's first finding: tract's parser panics on this model (its
-    /// graph output `fc4` is made by nothing; the node makes `fc5`).
+    /// Fuzzing's findings: models on which tract panics, each refused with what is wrong.
     #[test]
-    fn a_graph_output_that_nothing_defines_is_an_error_not_a_panic() {
-        let file =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/onnx_model/graph-output-defined-by-nothing");
-        let bytes = std::fs::read(file).unwrap();
+    fn malformed_graphs_are_errors_not_panics() {
         let card = ModelCard::parse(SPHEREFACE_EMBEDDER).unwrap();
-        let err = Network::from_bytes(&bytes, "bad.onnx", &card, 1, &["fc5"])
-            .err()
-            .unwrap();
-        let err = format!("{err:#}");
-        assert!(
-            err.contains("bad.onnx is not a valid ONNX model: graph output \"fc4\" is defined by no"),
-            "{err}"
-        );
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/onnx_model");
+        for (file, expected) in [
+            // Its graph output `fc4` is made by nothing (the node makes `fc5`).
+            (
+                "graph-output-defined-by-nothing",
+                "graph output \"fc4\" is defined by no",
+            ),
+            // Its Flatten node lost its input.
+            ("node-without-inputs", "(Flatten) has no inputs"),
+        ] {
+            let bytes = std::fs::read(dir.join(file)).unwrap();
+            let err = Network::from_bytes(&bytes, "bad.onnx", &card, 1, &["fc5"])
+                .err()
+                .unwrap();
+            let err = format!("{err:#}");
+            assert!(
+                err.contains("bad.onnx is not a valid ONNX model: ") && err.contains(expected),
+                "{file}: {err}"
+            );
+        }
     }
 }
