@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use normgate_core::gate::GateConfig;
 use serde::Serialize;
 
-use crate::config::{Config, SinkSection};
+use crate::config::{Config, SinkSection, DEFAULT_SOURCE};
 use crate::durable::sync_dir;
 use crate::feed::Feed;
 use crate::metrics::{self, Metrics};
@@ -145,8 +145,15 @@ pub fn run(config: &Config, reload: Option<&dyn Fn() -> Result<Config>>) -> Resu
     let mut feeds = Vec::new();
     for camera in config.cameras() {
         let spec = SourceSpec::parse(&camera.source)?;
-        let feed =
-            Feed::spawn(&spec, camera.capture, stop.clone()).with_context(|| format!("camera {:?}", camera.id))?;
+        let feed = Feed::spawn(&spec, camera.capture, stop.clone()).with_context(|| {
+            if config.cameras.is_empty() {
+                format!(
+                    "no camera is configured, and the bundled samples (./{DEFAULT_SOURCE}) that run by default are not in this directory: pass --source (v4l2:/dev/video0, a folder of images, an .mjpeg file) or --config FILE"
+                )
+            } else {
+                format!("camera {:?}", camera.id)
+            }
+        })?;
         feeds.push((camera, feed));
     }
     let models = Models::load(&config.models)?;

@@ -72,6 +72,15 @@ fn the_binary_runs_the_gate_from_an_empty_directory_with_its_embedded_models() {
     let v = json(&out);
     assert!(v["cameras"][0]["passed"].as_u64() >= Some(1), "{v}");
     assert!(dir.join("spool").is_dir() && dir.join("decisions.jsonl").is_file());
+    // Without --source, away from the checkout, it says what to pass.
+    let out = command()
+        .current_dir(&dir)
+        .args(["run", "--metrics", "off"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("pass --source"), "{stderr}");
 
     let out = command().current_dir(&dir).args(["models", "--json"]).output().unwrap();
     let models = json(&out)["models"].as_array().unwrap().clone();
