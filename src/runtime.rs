@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use tract_onnx::pb::GraphProto;
+use tract_onnx::pb::{GraphProto, TensorProto};
 use tract_onnx::prelude::*;
 
 use crate::card::ModelCard;
@@ -20,11 +20,28 @@ pub struct Network {
 /// The ONNX operators that take no inputs.
 const SOURCE_OPS: [&str; 3] = ["Constant", "RandomNormal", "RandomUniform"];
 
+/// The ONNX data types whose `raw_data` tract can read (float, u8, i8, u16,
+/// i16, i32, i64, bool, f16, f64, u32, u64).
+const RAW_READABLE_TYPES: [i32; 12] = [1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13];
+
+/// Refuses a tensor whose raw bytes tract would not read (it panics on them).
+fn check_tensor(tensor: &TensorProto) -> Result<()> {
+    if !tensor.raw_data.is_empty() && !RAW_READABLE_TYPES.contains(&tensor.data_type) {
+        bail!(
+            "tensor {:?} stores raw data of ONNX data type {}, which cannot be read",
+            tensor.name,
+            tensor.data_type
+        );
+    }
+    Ok(())
+}
+
 /// Refuses what tract takes for granted without checking: it panics (and
 /// the device's release build aborts) on a graph output that no input,
-/// initializer or node defines, and on an operator node without inputs.
+/// initializer or node defines, on an operator node without inputs, and on
+/// raw tensor data of a type it cannot read.
 /// Subgraphs (If, Loop, Scan bodies) may use the names of the graphs around
-/// them. Both found by fuzzing (`fuzz/regressions/onnx_model/`).
+/// them. All found by fuzzing (`fuzz/regressions/onnx_model/`).
 fn check_graph<'a>(graph: &'a GraphProto, outer: &HashSet<&'a str>) -> Result<()> {
     if let Some(node) = graph
         .node
@@ -33,6 +50,11 @@ fn check_graph<'a>(graph: &'a GraphProto, outer: &HashSet<&'a str>) -> Result<()
     {
         bail!("node {:?} ({}) has no inputs", node.name, node.op_type);
     }
+    graph.initializer.iter().try_for_each(check_tensor)?;
+    let attributes = graph.node.iter().flat_map(|n| &n.attribute);
+    attributes
+        .flat_map(|a| a.t.iter().chain(&a.tensors))
+        .try_for_each(check_tensor)?;
     let mut defined = outer.clone();
     defined.extend(graph.input.iter().map(|i| i.name.as_str()));
     defined.extend(graph.initializer.iter().map(|t| t.name.as_str()));
@@ -138,6 +160,8 @@ mod tests {
             ),
             // Its Flatten node lost its input.
             ("node-without-inputs", "(Flatten) has no inputs"),
+            // Its weight's data type became one tract cannot read from raw bytes.
+            ("raw-data-of-an-unreadable-type", "which cannot be read"),
         ] {
             let bytes = std::fs::read(dir.join(file)).unwrap();
             let err = Network::from_bytes(&bytes, "bad.onnx", &card, 1, &["fc5"])
