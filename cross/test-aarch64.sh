@@ -30,5 +30,7 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$runner"
 
 cargo test -p normgate-core --target "$target"
 cargo build --release --locked -p normgate --target "$target"
+# --workspace, as `make test`: the same feature set, so the host test
+# binaries `make test` built are reused rather than built again.
 NORMGATE_TEST_BIN=$PWD/target/$target/release/normgate NORMGATE_TEST_RUNNER="$runner" \
-  cargo test -p normgate --test cli --test gate "$@"
+  cargo test --workspace --test cli --test gate "$@"
