@@ -509,10 +509,6 @@ impl Config {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Config> {
-        Config::parse(text)
-    }
-
     /// The Debian package installs this file as /etc/normgate/normgate.toml.
     #[test]
     fn the_packaged_config_is_valid_and_keeps_state_under_var_lib() {
@@ -526,7 +522,7 @@ mod tests {
 
     #[test]
     fn empty_file_is_the_embedded_default() {
-        let c = parse("").unwrap();
+        let c = Config::parse("").unwrap();
         assert_eq!(c, Config::default());
         assert_eq!(c.cameras()[0].source, DEFAULT_SOURCE);
         assert_eq!(c.gate.to_core(None).unwrap().policy, Policy::Fixed { threshold: 5.0 });
@@ -538,7 +534,7 @@ mod tests {
 
     #[test]
     fn policies_and_camera_overrides_parse() {
-        let c = parse(
+        let c = Config::parse(
             r#"
             [gate]
             hysteresis = 0.5
@@ -575,7 +571,7 @@ mod tests {
 
     #[test]
     fn an_upload_sink_and_camera_overrides_parse_with_defaults() {
-        let c = parse(
+        let c = Config::parse(
             r#"
             [sink.upload]
             url = "https://example.org/crops"
@@ -622,7 +618,7 @@ mod tests {
 
     #[test]
     fn mistakes_are_named() {
-        let err = |text: &str| format!("{:#}", parse(text).unwrap_err());
+        let err = |text: &str| format!("{:#}", Config::parse(text).unwrap_err());
         assert!(err("[gate]\nhysterisis = 1.0").contains("hysterisis"));
         assert!(err("[gate.policy]\nkind = \"drop_rate\"\nrate = 1.5").contains("rate"));
         assert!(err("[gate.policy]\nkind = \"median\"").contains("median"));

@@ -60,11 +60,6 @@ fn embedded_name(path: &Path) -> Option<&str> {
     path.to_str()?.strip_prefix(PREFIX)
 }
 
-/// Whether `path` names an embedded file (present or not).
-pub fn is_embedded(path: &Path) -> bool {
-    embedded_name(path).is_some()
-}
-
 fn find(name: &str) -> Option<&'static EmbeddedFile> {
     FILES.iter().find(|f| f.name == name)
 }
@@ -106,7 +101,7 @@ pub fn read_text(path: &Path) -> Result<String> {
 /// `name` taken relative to the folder of `file`, in the same store: a
 /// card's `next` refiner beside it.
 pub fn sibling(file: &Path, name: &Path) -> PathBuf {
-    if is_embedded(file) && name.is_relative() {
+    if embedded_name(file).is_some() && name.is_relative() {
         return PathBuf::from(format!("{PREFIX}{}", name.display()));
     }
     file.parent().unwrap_or(Path::new(".")).join(name)

@@ -195,7 +195,7 @@ fn embed(
     let detector = if aligned {
         None
     } else {
-        if !normgate::embedded::exists(&detector) {
+        if !embedded::exists(&detector) {
             bail!(
                 "face detector {} not found: pass --detector MODEL, or --aligned for crops already aligned",
                 detector.display()
