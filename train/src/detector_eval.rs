@@ -548,19 +548,16 @@ fn verification(lfw: &LfwScores) -> Verification {
     }
 }
 
-/// LFW with crops aligned from `detector`'s landmarks (the main face, as
-/// prepare picks it) against the prepared teacher-aligned crops.
-fn end_to_end(
+/// The crops the device's chain cuts from the images of `reference` (a
+/// prepared cache: same order, labels and paths): the main face as prepare
+/// picks it, aligned from `detector`'s landmarks, or by the template where
+/// it finds none; and whether it found one, per image.
+pub(crate) fn device_crops(
     detector: &Locator,
-    model: &Model,
-    data: &Path,
-    cache_dir: &Path,
     params: &DetectParams,
-) -> Result<EndToEnd> {
-    let pairs_file = data.join("lfw/pairs.txt");
-    let text = std::fs::read_to_string(&pairs_file).with_context(|| format!("cannot read {}", pairs_file.display()))?;
-    let teacher = lfw_scores_on(model, &text, Cache::load(cache_dir, "lfw_pairs")?, false)?;
-    let reference = &teacher.cache;
+    data: &Path,
+    reference: &Cache,
+) -> Result<(Cache, Vec<bool>)> {
     let aligned: Vec<(Vec<u8>, bool)> = reference
         .paths
         .par_iter()
@@ -582,10 +579,10 @@ fn end_to_end(
                 &mut crop,
             )
             .with_context(|| format!("cannot align {rel}"))?;
-            Ok((crop, found.is_none()))
+            Ok((crop, found.is_some()))
         })
         .collect::<Result<_>>()?;
-    let no_face = aligned.iter().filter(|(_, missed)| *missed).count();
+    let found = aligned.iter().map(|(_, f)| *f).collect();
     let cache = Cache {
         crops: aligned.into_iter().flat_map(|(c, _)| c).collect(),
         labels: reference.labels.clone(),
@@ -594,14 +591,27 @@ fn end_to_end(
         dim: 0,
         paths: reference.paths.clone(),
     };
+    Ok((cache, found))
+}
+
+/// LFW with crops aligned from `detector`'s landmarks (the main face, as
+/// prepare picks it) against the prepared teacher-aligned crops.
+fn end_to_end(
+    detector: &Locator,
+    model: &Model,
+    data: &Path,
+    cache_dir: &Path,
+    params: &DetectParams,
+) -> Result<EndToEnd> {
+    let pairs_file = data.join("lfw/pairs.txt");
+    let text = std::fs::read_to_string(&pairs_file).with_context(|| format!("cannot read {}", pairs_file.display()))?;
+    let teacher = lfw_scores_on(model, &text, Cache::load(cache_dir, "lfw_pairs")?, false)?;
+    let (cache, found) = device_crops(detector, params, data, &teacher.cache)?;
+    let no_face = found.iter().filter(|f| !**f).count();
     let ours = lfw_scores_on(model, &text, cache, false)?;
     let (teacher_landmarks, detector_landmarks) = (verification(&teacher), verification(&ours));
     Ok(EndToEnd {
-        backbone: match model {
-            Model::Onnx(path, _) => path.display().to_string(),
-            Model::Checkpoint(dir) => dir.display().to_string(),
-            Model::Teacher => "teacher".into(),
-        },
+        backbone: model.name(),
         accuracy_difference: 100.0 * (detector_landmarks.accuracy - teacher_landmarks.accuracy),
         recommended_threshold: detector_landmarks.norm_percentiles[0],
         teacher_landmarks,

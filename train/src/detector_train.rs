@@ -29,6 +29,7 @@ use crate::datasets::read_rgb;
 use crate::detection_loss::{detection_loss, image_targets};
 use crate::detector_data::{photometric, sample, Augment};
 use crate::facenet::{DetectorConfig, FaceNet};
+use crate::heldout::HeldOut;
 use crate::optim::{load_weights, read_config, Progress, Schedule, Sgd, Training};
 use crate::prepare::Cache;
 use crate::pseudo::{is_validation, LabelledImage};
@@ -143,7 +144,7 @@ impl DetectorSet {
 /// The training split's pseudo-labelled images (from `data`), decoded on
 /// `threads` threads, with the teacher's faces.
 pub fn training_scenes(data: &Path, cache_dir: &Path, threads: usize) -> Result<Vec<(RgbImage, Vec<Face>)>> {
-    let labels = training_labels(cache_dir)?;
+    let labels = training_labels(data, cache_dir)?;
     if labels.is_empty() {
         bail!("the pseudo-labels hold no training image");
     }
@@ -329,11 +330,13 @@ pub fn chw(image: &RgbImage) -> Vec<f32> {
     out
 }
 
-/// The pseudo-labelled images of the training split.
-fn training_labels(cache_dir: &Path) -> Result<Vec<LabelledImage>> {
+/// The pseudo-labelled images of the training split, less the people of
+/// the held-out split (`heldout`).
+fn training_labels(data: &Path, cache_dir: &Path) -> Result<Vec<LabelledImage>> {
+    let held_out = HeldOut::load(data)?;
     Ok(crate::pseudo::load(cache_dir)?
         .into_iter()
-        .filter(|l| !l.validation)
+        .filter(|l| !l.validation && !held_out.covers(&l.set, &l.identity))
         .collect())
 }
 
@@ -341,7 +344,7 @@ fn training_labels(cache_dir: &Path) -> Result<Vec<LabelledImage>> {
 /// letterboxed to a detector card's input as the device does (for
 /// calibrating quantization and checking an export).
 pub fn calibration_frames(data: &Path, cache_dir: &Path, n: usize, card: &ModelCard) -> Result<Vec<RgbImage>> {
-    let labels = training_labels(cache_dir)?;
+    let labels = training_labels(data, cache_dir)?;
     let step = (labels.len() / n.max(1)).max(1);
     labels
         .iter()

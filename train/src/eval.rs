@@ -16,7 +16,7 @@ use rand::SeedableRng;
 use serde::Serialize;
 
 use crate::backbone::Backbone;
-use crate::datasets;
+use crate::datasets::{self, Pair};
 use crate::degrade::Degradation;
 use crate::prepare::{Cache, CROP};
 use crate::quality::{edc, laplacian_variance, mean_within_item_spearman, pooled_spearman, spearman, Edc};
@@ -47,6 +47,15 @@ impl Model {
             Ok(Model::Onnx(path, card))
         } else {
             bail!("model {spec:?}: expected `teacher`, a training run folder or an .onnx file")
+        }
+    }
+
+    /// The model as a report names it: `teacher` or its path.
+    pub fn name(&self) -> String {
+        match self {
+            Model::Onnx(path, _) => path.display().to_string(),
+            Model::Checkpoint(dir) => dir.display().to_string(),
+            Model::Teacher => "teacher".into(),
         }
     }
 
@@ -125,13 +134,14 @@ impl Loaded {
     }
 }
 
-/// LFW pairs scored by a model, with what produced the scores.
+/// Verification pairs (LFW's or held-out ones) scored by a model, with what
+/// produced the scores.
 pub struct LfwScores {
-    /// Every pair of pairs.txt with its cosine.
+    /// Every pair with its cosine.
     pub pairs: Vec<Scored>,
     /// The two crops of each pair.
     pub crops: Vec<[usize; 2]>,
-    /// The lfw_pairs cache.
+    /// The cache of the pairs' crops.
     pub cache: Cache,
     /// The model's feature of each crop.
     pub features: Vec<Vec<f32>>,
@@ -160,7 +170,12 @@ pub fn lfw_scores(model: &Model, data: &Path, cache_dir: &Path, flip: bool) -> R
 /// The pairs of `pairs_text`, scored on the crops of `cache` (one per
 /// image of the pairs, as the lfw_pairs cache holds them).
 pub fn lfw_scores_on(model: &Model, pairs_text: &str, cache: Cache, flip: bool) -> Result<LfwScores> {
-    let pairs = datasets::lfw_pairs(pairs_text)?;
+    pair_scores(model, &datasets::lfw_pairs(pairs_text)?, cache, flip)
+}
+
+/// `pairs` scored on the crops of `cache`, which holds every image of
+/// them: a pair's image is a cache path, less a leading `lfw/`.
+pub fn pair_scores(model: &Model, pairs: &[Pair], cache: Cache, flip: bool) -> Result<LfwScores> {
     let index: HashMap<&str, usize> = cache
         .paths
         .iter()
@@ -172,7 +187,7 @@ pub fn lfw_scores_on(model: &Model, pairs_text: &str, cache: Cache, flip: bool) 
         .map(
             |p| match [&p.images[0], &p.images[1]].map(|im| index.get(im.as_str()).copied()) {
                 [Some(a), Some(b)] => Ok([a, b]),
-                _ => bail!("pair {:?} has an image missing from the lfw_pairs cache", p.images),
+                _ => bail!("pair {:?} has an image missing from the cache of its crops", p.images),
             },
         )
         .collect::<Result<Vec<_>>>()?;

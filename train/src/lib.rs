@@ -50,6 +50,8 @@ pub mod features;
 pub mod frozen_heads;
 pub mod gemm;
 pub mod heads;
+pub mod heldout;
+pub mod heldout_eval;
 pub mod im2col;
 pub mod label_noise;
 pub mod landmark_train;

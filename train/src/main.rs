@@ -262,6 +262,17 @@ struct TrainArgs {
     /// above 0, none without.
     #[arg(long)]
     mixup: Option<f64>,
+    /// Chance that an augmented view is also degraded (blur, downscaling,
+    /// noise, darkening or occlusion of a random severity), the teacher's
+    /// feature of the degraded view its target.
+    #[arg(long, default_value_t = TrainConfig::default().view_degrade)]
+    view_degrade: f64,
+    /// Exponent on the cosine between the teacher's feature of an augmented
+    /// view (or degraded crop) and of its crop (clean crop): the view's norm
+    /// target is scaled by that power, so views the damage moved far fall
+    /// low (0: the teacher's targets).
+    #[arg(long, default_value_t = TrainConfig::default().moved_drop)]
+    moved_drop: f64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -507,8 +518,37 @@ struct EvalDetectorArgs {
     teacher_cards: PathBuf,
 }
 
+/// `eval heldout`'s arguments.
+#[derive(clap::Args, Debug)]
+struct EvalHeldoutArgs {
+    /// The device's detector .onnx (card beside it).
+    #[arg(long, default_value = "models/detector.onnx")]
+    detector: PathBuf,
+    /// Landmark refiner run after the detector (`none`: the detector's landmarks).
+    #[arg(long, default_value = "models/refiner.onnx")]
+    refiner: PathBuf,
+    /// The backbone: a training run folder or an .onnx (card beside it).
+    #[arg(long, default_value = "models/backbone.onnx")]
+    backbone: String,
+    /// The shared data folder.
+    #[arg(long, default_value = "../shared/data")]
+    data: PathBuf,
+    /// Folder of the caches `prepare` wrote (`celeba_heldout`, `lfw_pairs`).
+    #[arg(long, default_value = "cache")]
+    cache: PathBuf,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand, Debug)]
 enum EvalCommand {
+    /// The device's whole chain beside the teacher's on the held-out split
+    /// (CelebA's held-out people, LFW's pairs without Glint24's people):
+    /// the server's failures removed by dropping pairs on each chain's norm,
+    /// against random and blur dropping; each chain's own accuracy; faces
+    /// found where the teacher finds one.
+    Heldout(EvalHeldoutArgs),
     /// A dedup result against known duplicate identities: precision and
     /// recall over thresholds, average precision, a PR curve PNG.
     Dedup(curation_cli::EvalDedupArgs),
@@ -525,8 +565,8 @@ enum EvalCommand {
         #[arg(long, default_value_t = 200)]
         images: usize,
         /// The cache whose crops are degraded: glint24 (the protocol's,
-        /// training faces) or lfw_pairs (faces no training saw).
-        #[arg(long, default_value = "glint24", value_parser = ["glint24", "lfw_pairs"])]
+        /// training faces), lfw_pairs or celeba_heldout (faces no training saw).
+        #[arg(long, default_value = "glint24", value_parser = ["glint24", "lfw_pairs", "celeba_heldout"])]
         degrade_from: String,
     },
     /// Agreement of a model with a reference on the LFW crops: mean cosine
@@ -733,6 +773,8 @@ fn train(args: TrainArgs) -> Result<()> {
         view_bank: TrainConfig::view_bank_for(args.augment, args.view_bank),
         degraded_drop: args.degraded_drop,
         mixup: TrainConfig::mixup_for(args.augment, args.mixup),
+        view_degrade: args.view_degrade,
+        moved_drop: args.moved_drop,
         backbone: BackboneSpec {
             units: stage_units(args.units.as_deref(), defaults.backbone.units)?,
             ..defaults.backbone
@@ -890,6 +932,49 @@ fn export(
             c.max_abs_diff,
             c.max_rel_diff
         )
+    })
+}
+
+fn eval_heldout(args: EvalHeldoutArgs) -> Result<()> {
+    let backbone = eval::Model::parse(&args.backbone, None)?;
+    let locator = normgate::landmarks::Locator::load(&args.detector, &args.refiner)?;
+    let names = [&args.detector, &args.refiner].map(|p| p.display().to_string());
+    let r = normgate_train::heldout_eval::evaluate((&locator, names), &backbone, &args.data, &args.cache)?;
+    print_report(args.json, &r, |r| {
+        let lines: Vec<String> = r
+            .sets
+            .iter()
+            .map(|s| {
+                let removed = |c: &normgate_train::heldout_eval::ChainFigures| {
+                    c.server_failures_removed
+                        .iter()
+                        .map(|p| {
+                            format!(
+                                "{} % {:.0}/{:.0}/{:.0}",
+                                p.discard_percent,
+                                100.0 * p.by_norm,
+                                100.0 * p.by_random,
+                                100.0 * p.by_blur
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                format!(
+                    "{}: {} pairs, faces found {}/{} where the teacher finds one ({} images); accuracy teacher {:.2} %, device {:.2} %; server failures removed (norm/random/blur), teacher: {}; device: {}",
+                    s.set,
+                    s.pairs,
+                    s.device_found_where_teacher_found,
+                    s.teacher_found,
+                    s.images,
+                    100.0 * s.teacher.accuracy,
+                    100.0 * s.device.accuracy,
+                    removed(&s.teacher),
+                    removed(&s.device)
+                )
+            })
+            .collect();
+        lines.join("\n")
     })
 }
 
@@ -1341,6 +1426,9 @@ fn main() -> ExitCode {
         Command::Eval {
             what: EvalCommand::Detector(args),
         } => eval_detector(args),
+        Command::Eval {
+            what: EvalCommand::Heldout(args),
+        } => eval_heldout(args),
         Command::Eval {
             what: EvalCommand::Lfw { on, flip, json },
         } => eval::Model::parse(&on.model, on.card).and_then(|m| {

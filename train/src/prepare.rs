@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use crate::datasets::{self, Labelled};
 use crate::degrade::Degradation;
+use crate::heldout::HeldOut;
 
 /// Marks crops without a class (distillation-only data).
 pub const UNLABELLED: u32 = u32::MAX;
@@ -257,9 +258,14 @@ pub fn run(inputs: &Inputs, out: &Path, force: bool, seed: u64) -> Result<Vec<Ca
         data: &inputs.data,
     };
     let data = &inputs.data;
-    let exists = |name: &str| !force && out.join(format!("{name}.safetensors")).is_file();
+    let held_out = HeldOut::load(data)?;
+    let stale = !split_recorded(out, &held_out)?;
+    let exists = |name: &str| {
+        let rebuilt = force || (stale && SPLIT_DEPENDENT.contains(&name));
+        !rebuilt && out.join(format!("{name}.safetensors")).is_file()
+    };
     let mut summaries = Vec::new();
-    let mut finish = |name: &str, crops: Vec<Crop>, no_face, unreadable| -> Result<Vec<Crop>> {
+    let mut finish = |name: &str, crops: Vec<Crop>, no_face, unreadable| -> Result<()> {
         let targets = stages.targets(&crops, &format!("{name} teacher"))?;
         save(out, name, &crops, &targets)?;
         summaries.push(CacheSummary {
@@ -269,11 +275,10 @@ pub fn run(inputs: &Inputs, out: &Path, force: bool, seed: u64) -> Result<Vec<Ca
             unreadable,
             reused: false,
         });
-        Ok(crops)
+        Ok(())
     };
 
     // Glint24 is aligned to the 112x112 template already.
-    let mut labelled_crops = Vec::new();
     if !exists("glint24") {
         let (mut images, _) = datasets::folder_tree(&data.join("glint24"))?;
         spread_limit(&mut images, inputs.limit);
@@ -290,15 +295,28 @@ pub fn run(inputs: &Inputs, out: &Path, force: bool, seed: u64) -> Result<Vec<Ca
             })
             .collect();
         let unreadable = crops.iter().filter(|c| c.is_none()).count();
-        labelled_crops.extend(finish("glint24", crops.into_iter().flatten().collect(), 0, unreadable)?);
+        finish("glint24", crops.into_iter().flatten().collect(), 0, unreadable)?;
     }
-    if !exists("celeba") {
-        let (mut images, _) = datasets::celeba(&data.join("celeba_wild"))?;
+    // Aligns the main face of each image into cache `name` unless it is there;
+    // `fallback` keeps face-less images (evaluation sets keep every image).
+    let mut aligned = |name: &str, mut images: Vec<Labelled>, fallback: bool| -> Result<()> {
+        if exists(name) {
+            return Ok(());
+        }
         spread_limit(&mut images, inputs.limit);
-        let (crops, no_face, unreadable) = stages.align(&images, false, "celeba");
-        labelled_crops.extend(finish("celeba", crops, no_face, unreadable)?);
+        let (crops, no_face, unreadable) = stages.align(&images, fallback, name);
+        finish(name, crops, no_face, unreadable)
+    };
+    // CelebA: the held-out identities are evaluation data (labelled by
+    // identity number); the others train, numbered 0.. in identity order.
+    if !exists("celeba") || !exists("celeba_heldout") {
+        let (images, ids) = datasets::celeba(&data.join("celeba_wild"))?;
+        let (eval, train) = split_celeba(images, &ids, &held_out);
+        aligned("celeba", train, false)?;
+        aligned("celeba_heldout", eval, true)?;
     }
-    // LFW: the images of pairs.txt are evaluation data; the rest may teach (unlabelled use).
+    // LFW: the images of pairs.txt are evaluation data; images of people
+    // pairs.txt does not name may teach (unlabelled use).
     let lfw = data.join("lfw");
     let pairs_text = std::fs::read_to_string(lfw.join("pairs.txt")).context("cannot read lfw/pairs.txt")?;
     let pair_images: BTreeSet<String> = datasets::lfw_pairs(&pairs_text)?
@@ -306,34 +324,26 @@ pub fn run(inputs: &Inputs, out: &Path, force: bool, seed: u64) -> Result<Vec<Ca
         .flat_map(|p| p.images)
         .collect();
     if !exists("lfw_pairs") || !exists("lfw_train") {
-        let (images, _) = datasets::folder_tree(&lfw)?;
-        let (eval, train): (Vec<Labelled>, Vec<Labelled>) = images.into_iter().partition(|i| {
+        let (images, names) = datasets::folder_tree(&lfw)?;
+        let (eval, rest): (Vec<Labelled>, Vec<Labelled>) = images.into_iter().partition(|i| {
             let rel = i.path.strip_prefix(&lfw).unwrap_or(&i.path).display().to_string();
             pair_images.contains(&rel)
         });
         if eval.len() != pair_images.len() {
             bail!("pairs.txt names {} images, {} exist", pair_images.len(), eval.len());
         }
-        let (mut eval, mut train) = (eval, train);
-        spread_limit(&mut eval, inputs.limit);
-        spread_limit(&mut train, inputs.limit);
-        if !exists("lfw_pairs") {
-            let (crops, no_face, unreadable) = stages.align(&eval, true, "lfw pairs");
-            finish("lfw_pairs", crops, no_face, unreadable)?;
-        }
-        if !exists("lfw_train") {
-            let (crops, no_face, unreadable) = stages.align(&train, false, "lfw train");
-            finish("lfw_train", crops, no_face, unreadable)?;
-        }
+        let train = rest
+            .into_iter()
+            .filter(|i| !held_out.lfw(&names[i.label as usize]))
+            .collect();
+        aligned("lfw_pairs", eval, true)?;
+        aligned("lfw_train", train, false)?;
     }
     // One random degradation of about half the labelled crops, with the
     // teacher's feature of the degraded crop: how the norm must fall.
     if !exists("degraded") {
-        if labelled_crops.is_empty() {
-            for name in ["glint24", "celeba"] {
-                labelled_crops.extend(load_crops(out, name)?);
-            }
-        }
+        let mut labelled_crops = load_crops(out, "glint24")?;
+        labelled_crops.extend(load_crops(out, "celeba")?);
         let mut rng = StdRng::seed_from_u64(seed);
         let mut degraded = Vec::new();
         for c in &labelled_crops {
@@ -348,7 +358,8 @@ pub fn run(inputs: &Inputs, out: &Path, force: bool, seed: u64) -> Result<Vec<Ca
         }
         finish("degraded", degraded, 0, 0)?;
     }
-    for name in ["glint24", "celeba", "lfw_pairs", "lfw_train", "degraded"] {
+    record_split(out, &held_out)?;
+    for name in CACHES {
         if !summaries.iter().any(|s: &CacheSummary| s.name == name) {
             summaries.push(CacheSummary {
                 name: name.into(),
@@ -364,6 +375,63 @@ pub fn run(inputs: &Inputs, out: &Path, force: bool, seed: u64) -> Result<Vec<Ca
         }
     }
     Ok(summaries)
+}
+
+/// The caches `prepare` writes.
+pub const CACHES: [&str; 6] = [
+    "glint24",
+    "celeba",
+    "celeba_heldout",
+    "lfw_pairs",
+    "lfw_train",
+    "degraded",
+];
+/// The caches whose content depends on the held-out split.
+const SPLIT_DEPENDENT: [&str; 4] = ["celeba", "celeba_heldout", "lfw_train", "degraded"];
+/// The record of the held-out split the caches were made with.
+const SPLIT_FILE: &str = "split.json";
+
+/// CelebA's images split into the held-out ones (labelled by identity
+/// number) and the training ones (labelled 0.. in identity order).
+fn split_celeba(images: Vec<Labelled>, ids: &[u32], held_out: &HeldOut) -> (Vec<Labelled>, Vec<Labelled>) {
+    let training: Vec<u32> = ids.iter().copied().filter(|&id| !held_out.celeba(id)).collect();
+    let (mut eval, mut train) = (Vec::new(), Vec::new());
+    for image in images {
+        let id = ids[image.label as usize];
+        match training.binary_search(&id) {
+            Ok(label) => train.push(Labelled {
+                label: label as u32,
+                ..image
+            }),
+            Err(_) => eval.push(Labelled { label: id, ..image }),
+        }
+    }
+    (eval, train)
+}
+
+/// Whether the caches in `out` were made with this held-out split: caches
+/// of before it (no record) or of another split are made again.
+fn split_recorded(out: &Path, held_out: &HeldOut) -> Result<bool> {
+    let file = out.join(SPLIT_FILE);
+    Ok(file.is_file() && std::fs::read_to_string(&file)? == serde_json::to_string_pretty(&held_out.summary())?)
+}
+
+fn record_split(out: &Path, held_out: &HeldOut) -> Result<()> {
+    let file = out.join(SPLIT_FILE);
+    std::fs::write(&file, serde_json::to_string_pretty(&held_out.summary())?)
+        .with_context(|| format!("cannot write {}", file.display()))
+}
+
+/// Refuses a cache folder made before the held-out split: training on it
+/// would teach the faces the evaluation calls unseen.
+pub fn require_split(cache_dir: &Path) -> Result<()> {
+    if !cache_dir.join(SPLIT_FILE).is_file() {
+        bail!(
+            "{} was prepared before the held-out split (no {SPLIT_FILE}): its training caches hold evaluation faces; run `normgate-train prepare` again",
+            cache_dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn load_crops(out: &Path, name: &str) -> Result<Vec<Crop>> {
@@ -491,6 +559,7 @@ pub(crate) fn synthetic_cache(dir: &Path, name: &str, n: usize, classes: u32, di
         })
         .collect();
     save(dir, name, &crops, &targets).unwrap();
+    record_split(dir, &HeldOut::default()).unwrap();
 }
 
 #[cfg(test)]
@@ -533,6 +602,26 @@ mod tests {
         let err = Cache::load(&dir, "missing").err().unwrap().to_string();
         assert!(err.contains("normgate-train prepare"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn celeba_splits_into_held_out_identity_numbers_and_training_classes() {
+        let ids = [7201, 7203, 7205, 7207];
+        let images: Vec<Labelled> = (0..8)
+            .map(|i| Labelled {
+                path: PathBuf::from(format!("{i}.jpg")),
+                label: i % 4,
+            })
+            .collect();
+        let split = HeldOut::new(&ids, &[], []);
+        let (eval, train) = split_celeba(images, &ids, &split);
+        let labels = |v: &[Labelled]| v.iter().map(|l| l.label).collect::<Vec<_>>();
+        assert_eq!(
+            labels(&eval),
+            vec![7201, 7207, 7201, 7207],
+            "every third number, the first included"
+        );
+        assert_eq!(labels(&train), vec![0, 1, 0, 1], "7203 and 7205 numbered 0 and 1");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use anyhow::{bail, Result};
 use candle_core::{Device, Tensor, Var, D};
 use candle_nn::{Init, VarMap};
 use normgate_core::margin::{ASoftmax, LambdaSchedule, Margin};
-use normgate_core::norm::NormSelect;
+use normgate_core::norm::{cosine, NormSelect};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -34,7 +34,7 @@ use crate::heads::{a_softmax_loss, a_softmax_losses, hardest_rows, norm_select_m
 use crate::optim::{read_config, Progress, Schedule, Sgd, Training};
 use crate::prepare::{Cache, CROP};
 use crate::vars::SeededVars;
-use crate::views::{mixed_view, TeacherViews, ViewBank};
+use crate::views::{mixed_view, TeacherViews, ViewBank, ViewRecipe};
 
 /// Everything that defines a run; saved beside its checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,6 +84,15 @@ pub struct TrainConfig {
     /// option read back as 0).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub mixup: f64,
+    /// Chance that an augmented view is also degraded
+    /// ([`crate::views::ViewRecipe`]; runs saved before this option read
+    /// back as 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub view_degrade: f64,
+    /// Exponent of [`moved_gain`] on the targets of the augmented views and
+    /// the degraded crops (0: off; runs saved before this option read back as 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub moved_drop: f64,
     /// The architecture.
     pub backbone: BackboneSpec,
 }
@@ -100,6 +109,14 @@ impl TrainConfig {
     /// augmented views.
     pub fn mixup_for(augment: f64, requested: Option<f64>) -> f64 {
         for_views(augment, requested, Self::default().mixup, 0.0)
+    }
+
+    /// What the augmented views of this run may be besides augmented.
+    pub fn view_recipe(&self) -> ViewRecipe {
+        ViewRecipe {
+            mixup: self.mixup,
+            degrade: self.view_degrade,
+        }
     }
 }
 
@@ -187,6 +204,8 @@ impl Default for TrainConfig {
             // 93.8 %, int8 within 0.05 points of fp32, the teacher's
             // failures removed at 20 % discard 59 -> 63 % (models/MODELS.md).
             mixup: 0.5,
+            view_degrade: 0.0,
+            moved_drop: 0.0,
             backbone: BackboneSpec {
                 stem: s.stem,
                 widths: s.widths,
@@ -222,7 +241,10 @@ pub const DEGRADED_RAMP_STEPS: u64 = 1000;
 /// a degradation the teacher scores higher than the clean crop keeps the
 /// teacher's target. The clean crop is the one whose path the degraded
 /// crop's path starts with (`prepare` writes `PATH<tab>DEGRADATION`).
-pub fn degraded_norm_gains(degraded: &Cache, clean: &[&Cache], drop: f64) -> Result<Vec<f32>> {
+///
+/// With `moved` above 0 the factor is also multiplied by the crop's
+/// [`moved_gain`] from its clean crop.
+pub fn degraded_norm_gains(degraded: &Cache, clean: &[&Cache], drop: f64, moved: f64) -> Result<Vec<f32>> {
     let norm = |c: &Cache, i: usize| f64::from(normgate_core::norm::l2_norm(&c.teacher[i * c.dim..][..c.dim]));
     let by_path: std::collections::HashMap<&str, (&Cache, usize)> = clean
         .iter()
@@ -238,9 +260,33 @@ pub fn degraded_norm_gains(degraded: &Cache, clean: &[&Cache], drop: f64) -> Res
                 );
             };
             let ratio = (norm(degraded, i) / norm(cache, j).max(1e-12)).min(1.0);
-            Ok(ratio.powf(drop - 1.0).max(MIN_DEGRADED_GAIN) as f32)
+            let moved = moved_gain(feature(degraded, i), [feature(cache, j), flipped(cache, j)], moved);
+            Ok((ratio.powf(drop - 1.0) * f64::from(moved)).max(MIN_DEGRADED_GAIN) as f32)
         })
         .collect()
+}
+
+fn feature(cache: &Cache, i: usize) -> &[f32] {
+    &cache.teacher[i * cache.dim..][..cache.dim]
+}
+
+fn flipped(cache: &Cache, i: usize) -> &[f32] {
+    &cache.teacher_flip[i * cache.dim..][..cache.dim]
+}
+
+/// The factor on the target of a view (or degraded copy) of a crop for a
+/// `moved` exponent: the cosine of the teacher's feature of it to the
+/// teacher's feature of the crop (or of its mirror image, whichever is
+/// nearer), to the power `moved`, between [`MIN_DEGRADED_GAIN`] and 1. A
+/// view whose embedding the damage moved far from the face's is one a
+/// server would misjudge: its norm target falls with how far it moved,
+/// beside the teacher's norm.
+pub fn moved_gain(view: &[f32], crop: [&[f32]; 2], moved: f64) -> f32 {
+    if moved == 0.0 {
+        return 1.0;
+    }
+    let cos = crop.map(|c| cosine(view, c)).into_iter().fold(f32::MIN, f32::max);
+    (f64::from(cos.max(0.0)).powf(moved)).clamp(MIN_DEGRADED_GAIN, 1.0) as f32
 }
 
 /// Crops of one cache as the student sees them: the 112x96 crop (columns
@@ -342,10 +388,20 @@ impl Trainer {
         if config.mixup > 0.0 && config.augment == 0.0 {
             bail!("mixed views are augmented views: --mixup needs --augment above 0");
         }
+        if !(0.0..=1.0).contains(&config.view_degrade) {
+            bail!(
+                "the chance of a degraded view must lie in 0..=1, not {}",
+                config.view_degrade
+            );
+        }
+        if config.view_degrade > 0.0 && config.augment == 0.0 {
+            bail!("degraded views are augmented views: --view-degrade needs --augment above 0");
+        }
         let teacher = teacher.filter(|_| config.augment > 0.0);
         if config.augment > 0.0 && teacher.is_none() {
             bail!("augmented views need the teacher embedder to compute their targets");
         }
+        crate::prepare::require_split(cache_dir)?;
         let caches = SOURCES
             .iter()
             .map(|s| Cache::load(cache_dir, s))
@@ -377,10 +433,18 @@ impl Trainer {
                 config.degraded_drop
             );
         }
-        let degraded_gains = if config.degraded_drop == 1.0 {
+        if !(config.moved_drop >= 0.0 && config.moved_drop.is_finite()) {
+            bail!("the moved-drop exponent must be 0 or more, not {}", config.moved_drop);
+        }
+        let degraded_gains = if config.degraded_drop == 1.0 && config.moved_drop == 0.0 {
             Vec::new()
         } else {
-            degraded_norm_gains(&caches[DEGRADED], &[&caches[0], &caches[1]], config.degraded_drop)?
+            degraded_norm_gains(
+                &caches[DEGRADED],
+                &[&caches[0], &caches[1]],
+                config.degraded_drop,
+                config.moved_drop,
+            )?
         };
         let classes = [0, 1].map(|i| caches[i].labels.iter().map(|&l| l as usize + 1).max().unwrap_or(0));
         let map = VarMap::new();
@@ -423,7 +487,7 @@ impl Trainer {
                 teacher,
                 per_crop,
                 trainer.config.seed,
-                trainer.config.mixup,
+                trainer.config.view_recipe(),
             )?;
             trainer.bank = Some(bank);
         }
@@ -456,19 +520,23 @@ impl Trainer {
         let mut labels = [Vec::new(), Vec::new()];
         // Augmented views and their rows; their targets come from the teacher below.
         let (mut views, mut view_rows) = (Vec::new(), Vec::new());
-        // Rows of degraded crops and their factors, applied once every target is in.
-        let mut degraded_rows = Vec::new();
+        // Rows whose targets are scaled and their factors (degraded crops,
+        // views that moved), applied once every target is in.
+        let mut scaled_rows = Vec::new();
+        // Every augmented row with its source and crop, for the moved factor.
+        let mut augmented_rows = Vec::new();
         for (s, (cache, &n)) in self.caches.iter().zip(&self.config.per_source).enumerate() {
             for _ in 0..n {
                 let i = rng.random_range(0..cache.len());
                 // Drawn only when augmenting, so runs without views keep their batches.
                 if self.config.augment > 0.0 && rng.random_bool(self.config.augment) {
+                    augmented_rows.push((targets.len() / dim, s, i));
                     if let Some(bank) = &self.bank {
                         let k = rng.random_range(0..bank.per_crop());
                         inputs.extend(student_pixels(bank.view(s, cache, i, k).as_raw(), false));
                         targets.extend_from_slice(bank.feature(s, i, k));
                     } else {
-                        let view = mixed_view(cache, i, self.config.mixup, &mut rng);
+                        let view = mixed_view(cache, i, self.config.view_recipe(), &mut rng);
                         inputs.extend(student_pixels(view.as_raw(), false));
                         view_rows.push(targets.len() / dim);
                         targets.extend(std::iter::repeat_n(0.0, dim));
@@ -481,7 +549,7 @@ impl Trainer {
                     targets.extend_from_slice(&t[i * cache.dim..][..cache.dim]);
                 }
                 if let (DEGRADED, Some(&gain)) = (s, self.degraded_gains.get(i)) {
-                    degraded_rows.push((targets.len() / dim - 1, gain));
+                    scaled_rows.push((targets.len() / dim - 1, gain));
                 }
                 if s < 2 {
                     labels[s].push(cache.labels[i]);
@@ -493,8 +561,18 @@ impl Trainer {
                 targets[row * dim..][..dim].copy_from_slice(&feature);
             }
         }
+        if self.config.moved_drop > 0.0 {
+            for (row, s, i) in augmented_rows {
+                let c = &self.caches[s];
+                let target = &targets[row * dim..][..dim];
+                scaled_rows.push((
+                    row,
+                    moved_gain(target, [feature(c, i), flipped(c, i)], self.config.moved_drop),
+                ));
+            }
+        }
         let ramp = (self.step as f32 / DEGRADED_RAMP_STEPS as f32).min(1.0);
-        for (row, gain) in degraded_rows {
+        for (row, gain) in scaled_rows {
             let factor = gain.powf(ramp);
             targets[row * dim..][..dim].iter_mut().for_each(|v| *v *= factor);
         }
@@ -785,28 +863,42 @@ mod tests {
     #[test]
     fn banked_views_carry_the_teachers_feature_of_that_view_and_the_bank_is_kept_for_a_resumed_run() {
         let (root, cache) = scratch("normgate-train-bank-");
-        // Half the views mixed: a mixed view is banked like any other.
+        // Half the views mixed and half degraded: such views are banked like any other.
         let config = TrainConfig {
             augment: 1.0,
             view_bank: 3,
             mixup: 0.5,
+            view_degrade: 0.5,
             ..tiny_run(&cache)
         };
         let teacher = || Some(tiny_teacher(&root, 8));
         let without = TrainConfig {
             augment: 0.0,
             mixup: 0.0,
+            view_degrade: 0.0,
             ..config.clone()
         };
-        let err = Trainer::new(without.clone(), &cache, &root.join("x"), teacher())
-            .err()
-            .unwrap();
-        assert!(err.to_string().contains("--augment"), "{err}");
-        let mixed_without_views = TrainConfig { mixup: 0.5, ..without };
-        let err = Trainer::new(mixed_without_views, &cache, &root.join("x"), teacher())
-            .err()
-            .unwrap();
-        assert!(err.to_string().contains("--mixup needs --augment"), "{err}");
+        // Each setting of views alone, without augmented views, is refused.
+        for (config, says) in [
+            (without.clone(), "--augment"),
+            (
+                TrainConfig {
+                    mixup: 0.5,
+                    ..without.clone()
+                },
+                "--mixup needs --augment",
+            ),
+            (
+                TrainConfig {
+                    view_degrade: 0.5,
+                    ..without.clone()
+                },
+                "--view-degrade needs --augment",
+            ),
+        ] {
+            let err = Trainer::new(config, &cache, &root.join("x"), teacher()).err().unwrap();
+            assert!(err.to_string().contains(says), "{err}");
+        }
         let trainer = Trainer::new(config.clone(), &cache, &root.join("a"), teacher()).unwrap();
         let bank = trainer.bank.as_ref().unwrap();
         let check = tiny_teacher(&root, 8);
@@ -861,7 +953,7 @@ mod tests {
         let err = Trainer::new(live, &cache, &root.join("c"), teacher()).err().unwrap();
         assert!(err.to_string().contains("(view_bank: 3 -> unset)"), "{err}");
         // A bank that does not fit the caches (another view count) is refused.
-        let err = ViewBank::load_or_build(&file, &resumed.caches, &check, 2, config.seed, 0.0)
+        let err = ViewBank::load_or_build(&file, &resumed.caches, &check, 2, config.seed, config.view_recipe())
             .err()
             .unwrap();
         assert!(err.to_string().contains("does not fit"), "{err}");
@@ -905,6 +997,27 @@ mod tests {
     }
 
     #[test]
+    fn a_view_that_moved_from_its_crop_gets_a_lower_target_by_the_nearer_of_crop_and_mirror() {
+        let crop: &[f32] = &[1.0, 0.0];
+        let mirror: &[f32] = &[0.0, 1.0];
+        let at = |degrees: f32| [degrees.to_radians().cos(), degrees.to_radians().sin()];
+        assert_eq!(moved_gain(&at(0.0), [crop, mirror], 2.0), 1.0);
+        let cos_30 = 30f32.to_radians().cos();
+        assert!((moved_gain(&at(30.0), [crop, mirror], 2.0) - cos_30 * cos_30).abs() < 1e-6);
+        assert!(
+            (moved_gain(&at(60.0), [crop, mirror], 2.0) - cos_30 * cos_30).abs() < 1e-6,
+            "nearer the mirror"
+        );
+        assert_eq!(moved_gain(&[-1.0, -1.0], [crop, mirror], 2.0), MIN_DEGRADED_GAIN as f32);
+        assert_eq!(moved_gain(&[-1.0, -1.0], [crop, mirror], 0.0), 1.0, "off");
+        // A degraded crop's factor takes its clean crop as the anchor.
+        let glint = cache_of(&[[3.0, 4.0]], &["glint24/a.jpg"]);
+        let degraded = cache_of(&[[4.0, 3.0]], &["glint24/a.jpg\tBlur(2.0)"]);
+        let gains = degraded_norm_gains(&degraded, &[&glint], 1.0, 1.0).unwrap();
+        assert!((gains[0] - 0.96).abs() < 1e-6, "{gains:?}");
+    }
+
+    #[test]
     fn degraded_targets_fall_further_below_their_clean_crops_never_above_the_teachers() {
         let glint = cache_of(&[[3.0, 4.0], [1.0, 0.0]], &["glint24/a.jpg", "glint24/b.jpg"]);
         let celeba = cache_of(&[[0.0, 8.0]], &["celeba_wild/c.jpg"]);
@@ -916,7 +1029,7 @@ mod tests {
                 "celeba_wild/c.jpg\tOccludeLowerHalf",
             ],
         );
-        let gains = degraded_norm_gains(&degraded, &[&glint, &celeba], 3.0).unwrap();
+        let gains = degraded_norm_gains(&degraded, &[&glint, &celeba], 3.0, 0.0).unwrap();
         // 0.8 of the clean norm falls to 0.8³ (three times as far in log);
         // a higher norm than the clean crop's keeps the teacher's; a quarter
         // would fall to 1/64 and stops at the floor.
@@ -925,10 +1038,10 @@ mod tests {
             assert!((g - e).abs() < 1e-6, "{gains:?}");
         }
         assert_eq!(
-            degraded_norm_gains(&degraded, &[&glint, &celeba], 1.0).unwrap(),
+            degraded_norm_gains(&degraded, &[&glint, &celeba], 1.0, 0.0).unwrap(),
             [1.0; 3]
         );
-        let err = degraded_norm_gains(&degraded, &[&glint], 3.0).err().unwrap();
+        let err = degraded_norm_gains(&degraded, &[&glint], 3.0, 0.0).err().unwrap();
         assert!(err.to_string().contains("celeba_wild/c.jpg"), "{err}");
     }
 

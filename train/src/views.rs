@@ -37,6 +37,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
+use crate::degrade::Degradation;
 use crate::detector_data::photometric_with_grey;
 use crate::prepare::{load_teacher, progress, Cache};
 
@@ -80,13 +81,36 @@ pub fn augmented_view(crop: &RgbImage, rng: &mut impl Rng) -> RgbImage {
 /// between two crops is reachable.
 const MAX_PARTNER_SHARE: f32 = 0.5;
 
+/// What a view of a crop may be besides augmented: the chances that it is
+/// mixed with a crop of its class, and that it is then degraded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ViewRecipe {
+    /// Chance of a blend with a same-class crop ([`mixed_view`]).
+    pub mixup: f64,
+    /// Chance of one [`Degradation::random`] on the (mixed) view: the
+    /// teacher's feature of the degraded view is its target, so the student
+    /// learns how far each kind of damage moves a face, on every crop.
+    pub degrade: f64,
+}
+
 /// [`augmented_view`] of crop `i`, blended with a chance of `mixup` with an
 /// augmented view of a partner crop of the same class (labels equal;
 /// unlabelled crops all share [`crate::prepare::UNLABELLED`]) at a share
 /// drawn from 0 to [`MAX_PARTNER_SHARE`], so a head's label still fits the
-/// mix. With `mixup` 0 it draws nothing more than [`augmented_view`]: the
-/// views of runs without mixing stay as they were.
-pub fn mixed_view(cache: &Cache, i: usize, mixup: f64, rng: &mut impl Rng) -> RgbImage {
+/// mix, then degraded with a chance of `degrade`. With both 0 it draws
+/// nothing more than [`augmented_view`], and with `degrade` 0 nothing more
+/// than before degrading existed: the views of earlier runs stay as they were.
+pub fn mixed_view(cache: &Cache, i: usize, recipe: ViewRecipe, rng: &mut impl Rng) -> RgbImage {
+    let view = blended_view(cache, i, recipe.mixup, rng);
+    if recipe.degrade > 0.0 && rng.random_bool(recipe.degrade) {
+        let mut degrade_rng = StdRng::seed_from_u64(rng.random());
+        Degradation::random(&mut degrade_rng).apply(&view, &mut degrade_rng)
+    } else {
+        view
+    }
+}
+
+fn blended_view(cache: &Cache, i: usize, mixup: f64, rng: &mut impl Rng) -> RgbImage {
     let mut view = augmented_view(&cache.crop(i), rng);
     if mixup > 0.0 && rng.random_bool(mixup) {
         let partner = same_class_partner(&cache.labels, i, rng);
@@ -146,8 +170,8 @@ pub const MAX_BANKED_VIEWS: usize = 256;
 pub struct ViewBank {
     per_crop: usize,
     seed: u64,
-    /// Chance that a view is mixed ([`mixed_view`]).
-    mixup: f64,
+    /// What a view may be besides augmented ([`mixed_view`]).
+    recipe: ViewRecipe,
     dim: usize,
     /// Per source, `[crops x per_crop, dim]` values, crop-major.
     features: Vec<Vec<f32>>,
@@ -162,7 +186,7 @@ impl ViewBank {
         teacher: &TeacherViews,
         per_crop: usize,
         seed: u64,
-        mixup: f64,
+        recipe: ViewRecipe,
     ) -> Result<Self> {
         if !(1..=MAX_BANKED_VIEWS).contains(&per_crop) {
             bail!("a view bank keeps 1 to {MAX_BANKED_VIEWS} views per crop, not {per_crop}");
@@ -191,7 +215,7 @@ impl ViewBank {
             return Ok(Self {
                 per_crop,
                 seed,
-                mixup,
+                recipe,
                 dim,
                 features,
             });
@@ -199,7 +223,7 @@ impl ViewBank {
         let mut bank = Self {
             per_crop,
             seed,
-            mixup,
+            recipe,
             dim,
             features: Vec::new(),
         };
@@ -237,7 +261,7 @@ impl ViewBank {
     pub fn view(&self, source: usize, cache: &Cache, i: usize, k: usize) -> RgbImage {
         let which = ((source as u64) << 48) | ((i as u64) << 8) | k as u64;
         let mut rng = StdRng::seed_from_u64(self.seed.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ which);
-        mixed_view(cache, i, self.mixup, &mut rng)
+        mixed_view(cache, i, self.recipe, &mut rng)
     }
 
     /// The teacher's feature of that view.
@@ -279,6 +303,28 @@ mod tests {
         }
     }
 
+    fn mixing(mixup: f64) -> ViewRecipe {
+        ViewRecipe { mixup, degrade: 0.0 }
+    }
+
+    #[test]
+    fn a_degraded_view_is_a_damaged_copy_of_the_same_view_and_repeats() {
+        let cache = dark_and_bright([0, 0, 1, 1]);
+        let degrading = ViewRecipe {
+            mixup: 0.0,
+            degrade: 1.0,
+        };
+        let mut differ = 0;
+        for seed in 0..20 {
+            let rng = || StdRng::seed_from_u64(seed);
+            let degraded = mixed_view(&cache, 3, degrading, &mut rng());
+            assert_eq!(degraded, mixed_view(&cache, 3, degrading, &mut rng()), "seed {seed}");
+            assert_eq!(degraded.dimensions(), cache.crop(3).dimensions());
+            differ += usize::from(degraded != mixed_view(&cache, 3, mixing(0.0), &mut rng()));
+        }
+        assert!(differ >= 19, "every degradation changes a bright crop: {differ} of 20");
+    }
+
     fn mean(image: &RgbImage) -> f64 {
         image.as_raw().iter().map(|&v| f64::from(v)).sum::<f64>() / image.as_raw().len() as f64
     }
@@ -289,7 +335,7 @@ mod tests {
         for seed in 0..10 {
             let rng = || StdRng::seed_from_u64(seed);
             assert_eq!(
-                mixed_view(&cache, 2, 0.0, &mut rng()),
+                mixed_view(&cache, 2, mixing(0.0), &mut rng()),
                 augmented_view(&cache.crop(2), &mut rng())
             );
         }
@@ -305,8 +351,8 @@ mod tests {
         for seed in 0..40 {
             let rng = || StdRng::seed_from_u64(seed);
             let (dark, bright) = (
-                mixed_view(&cache, 0, 1.0, &mut rng()),
-                mixed_view(&cache, 3, 1.0, &mut rng()),
+                mixed_view(&cache, 0, mixing(1.0), &mut rng()),
+                mixed_view(&cache, 3, mixing(1.0), &mut rng()),
             );
             assert!(
                 mean(&dark) < 92.0 && mean(&bright) > 150.0,
