@@ -25,49 +25,20 @@ pub fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
-pub mod activation;
-pub mod anchors;
+// The layers, lowest first; a module uses only its own layer and those
+// below it (docs/ARCHITECTURE.md): `nn` and `onnx::graph`; `data`; the
+// recipes `backbone`, `detector`, `landmarks`; `onnx` (export, quantize);
+// `eval`; `curation`. The command line (`main.rs`, `cli/`) uses them all.
 pub mod backbone;
-pub mod bench;
-pub mod classmap;
-pub mod clean;
-pub mod composite;
-pub mod conv;
-pub mod cpu;
-pub mod datasets;
-pub mod dedup;
-pub mod dedup_eval;
-pub mod degrade;
-pub mod detection_loss;
-pub mod detector_data;
-pub mod detector_eval;
-pub mod detector_train;
-pub mod device_starts;
+pub mod curation;
+pub mod data;
+pub mod detector;
 pub mod eval;
-pub mod export;
-pub mod facenet;
-pub mod features;
-pub mod frozen_heads;
-pub mod gemm;
-pub mod heads;
-pub mod heldout;
-pub mod heldout_eval;
-pub mod im2col;
-pub mod label_noise;
-pub mod landmark_train;
-pub mod mine;
-pub mod norms;
-pub mod optim;
-pub mod prepare;
-pub mod pseudo;
-pub mod quality;
-pub mod quantize;
+pub mod landmarks;
+pub mod nn;
+pub mod onnx;
 #[cfg(test)]
 mod testing;
-pub mod train;
-pub mod vars;
-pub mod verify;
-pub mod views;
 
 #[cfg(test)]
 mod allocator_tests {

@@ -2,8 +2,8 @@
 
 use candle_core::Tensor;
 
-use crate::backbone::BackboneConfig;
-use crate::optim::Sgd;
+use crate::backbone::network::BackboneConfig;
+use crate::nn::optim::Sgd;
 
 /// Every weight an optimiser steps, variable by variable (to compare runs).
 pub fn sgd_weights(sgd: &Sgd) -> Vec<Vec<f32>> {
@@ -36,8 +36,8 @@ pub fn tiny_backbone(widths: [usize; 3], units: [usize; 3], feature_dim: usize) 
 }
 
 /// A detector small enough for unit tests: 64x64 input, two anchors per cell.
-pub fn tiny_detector() -> crate::facenet::DetectorConfig {
-    crate::facenet::DetectorConfig {
+pub fn tiny_detector() -> crate::detector::network::DetectorConfig {
+    crate::detector::network::DetectorConfig {
         input: 64,
         widths: [4, 6, 8, 8, 8],
         units: [0, 1, 0, 0, 0],
@@ -71,11 +71,12 @@ pub fn exported_backbone(
     prefix: &str,
     card: &normgate::card::ModelCard,
     path: &std::path::Path,
-) -> (crate::backbone::Backbone, tract_onnx::pb::ModelProto) {
-    use crate::backbone::{Backbone, ConvImpl};
-    use crate::export::{backbone_model, collect_weights, write};
+) -> (crate::backbone::network::Backbone, tract_onnx::pb::ModelProto) {
+    use crate::backbone::network::{Backbone, ConvImpl};
+    use crate::onnx::export::{backbone_model, collect_weights};
+    use crate::onnx::graph::write;
     let map = candle_nn::VarMap::new();
-    let vb = crate::vars::SeededVars::builder(&map, seed, &candle_core::Device::Cpu);
+    let vb = crate::nn::vars::SeededVars::builder(&map, seed, &candle_core::Device::Cpu);
     let net = Backbone::new(config, ConvImpl::Fast, vb.pp(prefix)).unwrap();
     let model = backbone_model(&config, &collect_weights(&map, prefix).unwrap()).unwrap();
     write(&model, card, path).unwrap();
@@ -89,7 +90,7 @@ pub fn tiny_embedder(dir: &std::path::Path) -> std::path::PathBuf {
     let mut config = tiny_backbone([4, 4, 4], [0, 0, 0], 4);
     (config.height, config.width) = (112, 96);
     let model = dir.join("tiny.onnx");
-    let card = crate::export::backbone_card(&config, None);
+    let card = crate::onnx::export::backbone_card(&config, None);
     exported_backbone(config, 1, "backbone", &card, &model);
     model
 }
