@@ -60,7 +60,7 @@ pub struct RefinerCard {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expand: Option<f32>,
     /// Also read the mirrored crop and average the two readings (twice the
-    /// compute; the gain is measured in models/MODELS.md).
+    /// compute; the gain is measured in docs/MODEL_HISTORY.md).
     #[serde(default)]
     pub mirror: bool,
     /// A refiner (path relative to this card's folder) that reads the face
@@ -125,7 +125,7 @@ pub struct DetectorCard {
 pub fn check_model(path: &Path, role: &str, key: &str) -> Result<()> {
     if !crate::embedded::exists(path) {
         bail!(
-            "{role} model {} not found: set [models] {key} in the config (or --{key}) to an ONNX model with its card {} beside it; see models/MODELS.md",
+            "{role} model {} not found: set [models] {key} in the config (or --{key}) to an ONNX model with its card {} beside it; see models/README.md",
             path.display(),
             ModelCard::path_for(path).display()
         );

@@ -4,22 +4,37 @@
 //! thin layer over it, and the host tools reuse the same detection and
 //! alignment so that training and the device see identical crops.
 
+// Grouped by concern (docs/ARCHITECTURE.md); the modules stay flat so that
+// their paths (`normgate::detector`, used by the host tools, benches, fuzz
+// targets and tests) read as the concept they hold.
+
+// Frames in: sources, the V4L2 camera, MJPEG streams, the reading thread.
 pub mod camera;
+pub mod feed;
+pub mod mjpeg;
+pub mod source;
+
+// Models: cards, the embedded store, tract, and the three networks' wrappers.
 pub mod card;
-pub mod config;
 pub mod detector;
-pub mod durable;
 pub mod embedded;
 pub mod embedder;
-pub mod feed;
-pub mod fuzz;
 pub mod landmarks;
-pub mod metrics;
-pub mod mjpeg;
+pub mod runtime;
+
+// The gate: one camera's pipeline, a still image's path, the decision record.
 pub mod pipeline;
 pub mod record;
-pub mod runner;
-pub mod runtime;
-pub mod sink;
-pub mod source;
 pub mod still;
+
+// Crops out: the spool and the durable upload queue, crash-safe writes.
+pub mod durable;
+pub mod sink;
+
+// Running it: configuration, the runner that wires cameras to sinks, metrics.
+pub mod config;
+pub mod metrics;
+pub mod runner;
+
+// Fuzzing entry points over the input parsers (`fuzz/`).
+pub mod fuzz;

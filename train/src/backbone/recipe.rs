@@ -151,15 +151,15 @@ impl Default for TrainConfig {
         let s = BackboneConfig::SHIPPED;
         Self {
             // 9,000 rather than 6,000: with live views the student was
-            // still short of steps (LFW 92.0 -> 93.4 %, models/MODELS.md).
+            // still short of steps (LFW 92.0 -> 93.4 %, docs/MODEL_HISTORY.md).
             schedule: Schedule::new(9000, 0.05, 200),
             per_source: [16, 16, 16, 16],
             // At 1 the student's norm followed the teacher's only loosely
             // (Spearman 0.64 on LFW); 10 made it predict the teacher's
-            // failures four times better (the ablation in models/MODELS.md).
+            // failures four times better (the ablation in docs/MODEL_HISTORY.md).
             beta: 10.0,
             // 0.5 slowed the distillation to the teacher and cost LFW
-            // accuracy (the ablation in models/MODELS.md).
+            // accuracy (the ablation in docs/MODEL_HISTORY.md).
             head_weight: 0.1,
             margin: 4,
             lambda_base: LambdaSchedule::SPHEREFACE.base,
@@ -170,16 +170,16 @@ impl Default for TrainConfig {
             seed: 1,
             // Half the crops as live views: LFW 90.3 -> 92.0 % and the
             // teacher's failures removed at 20 % discard 54 -> 69 %
-            // (models/MODELS.md).
+            // (docs/MODEL_HISTORY.md).
             augment: 0.5,
             // The teacher runs on 4 fixed views per crop once, not in every
             // step: the recipe fits two hours and every figure holds
-            // (models/MODELS.md).
+            // (docs/MODEL_HISTORY.md).
             view_bank: 4,
             degraded_drop: 1.0,
             // Half the views blended with a same-class crop's: LFW 93.5 ->
             // 93.8 %, int8 within 0.05 points of fp32, the teacher's
-            // failures removed at 20 % discard 59 -> 63 % (models/MODELS.md).
+            // failures removed at 20 % discard 59 -> 63 % (docs/MODEL_HISTORY.md).
             mixup: 0.5,
             view_degrade: 0.0,
             moved_drop: 0.0,

@@ -4,7 +4,7 @@
 //! The cache holds the teacher's features of each crop and its mirror image
 //! only, and the student learnt those two views by heart: its distillation
 //! loss `1 - cos` fell to 0.26 on training crops but was 0.41 on LFW's
-//! (models/MODELS.md). A view moves, turns and rescales the crop a little
+//! (docs/MODEL_HISTORY.md). A view moves, turns and rescales the crop a little
 //! (as alignments from other landmarks would) and changes its colour,
 //! contrast, sharpness and JPEG quality, grey more often than the detector's
 //! augmentation (LFW is grey). Running the teacher on the view gives an

@@ -298,7 +298,7 @@ pub fn backbone_card(config: &BackboneConfig, recommended_threshold: Option<f32>
 /// The card of an exported landmark refiner (square input, free batch). It
 /// asks for the mirrored reading too: trained on mirrored crops, the refiner
 /// errs differently on the mirror image, and the average cut the landmark
-/// error from 7.97 % to 7.67 % (models/MODELS.md) for a second 36-MFLOP run.
+/// error from 7.97 % to 7.67 % (docs/MODEL_HISTORY.md) for a second 36-MFLOP run.
 pub fn refiner_card(config: &BackboneConfig, crop: RefinerCrop, expand: f32) -> ModelCard {
     ModelCard {
         refiner: Some(normgate::card::RefinerCard {
