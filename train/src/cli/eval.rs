@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use normgate_train::eval::embedder::{self, Model};
-use normgate_train::eval::heldout::ChainFigures;
+use normgate_train::eval::heldout::{Chain, ChainFigures};
 
 use super::{print_report, teacher_detector};
 
@@ -188,8 +188,14 @@ pub(crate) enum EvalCommand {
 fn heldout(args: EvalHeldoutArgs) -> Result<()> {
     let backbone = Model::parse(&args.backbone, None)?;
     let locator = normgate::landmarks::Locator::load(&args.detector, &args.refiner)?;
-    let names = [&args.detector, &args.refiner].map(|p| p.display().to_string());
-    let r = normgate_train::eval::heldout::evaluate((&locator, names), &backbone, &args.data, &args.cache)?;
+    let mut files = Chain::files_of(&args.detector)?;
+    files.extend(Chain::files_of(&args.refiner)?);
+    let chain = Chain {
+        locator: &locator,
+        names: [&args.detector, &args.refiner].map(|p| p.display().to_string()),
+        files,
+    };
+    let r = normgate_train::eval::heldout::evaluate(&chain, &backbone, &args.data, &args.cache)?;
     print_report(args.json, &r, |r| {
         let lines: Vec<String> = r
             .sets

@@ -7,9 +7,11 @@
 //! face would never be uploaded: its norm counts as 0, dropped first.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use normgate::card::ModelCard;
 use normgate::detector::DetectParams;
 use normgate::landmarks::Locator;
 use serde::Serialize;
@@ -95,9 +97,15 @@ struct Scores {
 }
 
 impl Scores {
-    fn measure(pairs: &[Pair], teacher_crops: Cache, chain: (&Locator, &Model), data: &Path) -> Result<Self> {
-        let (detector, backbone) = chain;
-        let (device_cache, device_found) = device_crops(detector, &DetectParams::default(), data, &teacher_crops)?;
+    fn measure(
+        set: &str,
+        pairs: &[Pair],
+        teacher_crops: Cache,
+        chain: (&Chain, &Model),
+        dirs: [&Path; 2],
+    ) -> Result<Self> {
+        let (chain, backbone) = chain;
+        let (device_cache, device_found) = chain.crops(set, dirs, &teacher_crops)?;
         Ok(Self {
             teacher: pair_scores(&Model::Teacher, pairs, teacher_crops, false)?,
             device: pair_scores(backbone, pairs, device_cache, false)?,
@@ -231,15 +239,95 @@ pub fn celeba_heldout_pairs(cache: &Cache) -> Vec<Pair> {
     celeba_pairs(&images)
 }
 
-/// Measures the device chain (`detector` with its landmark reading, then
-/// `backbone`) beside the teacher chain on the held-out split.
-pub fn evaluate(
-    detector: (&Locator, [String; 2]),
-    backbone: &Model,
-    data: &Path,
-    cache_dir: &Path,
-) -> Result<HeldOutReport> {
-    let (detector, [detector_name, refiner_name]) = detector;
+/// The device's detector and landmark readings as `eval heldout` runs them.
+pub struct Chain<'a> {
+    /// The loaded detector and readings.
+    pub locator: &'a Locator,
+    /// The detector's and the first reading's paths, as the report names them.
+    pub names: [String; 2],
+    /// Every file the chain reads: their content names the crops the chain
+    /// cut, kept in the cache folder ([`Chain::files_of`]).
+    pub files: Vec<PathBuf>,
+}
+
+impl Chain<'_> {
+    /// A model file, its card, and the files of the reading its card names
+    /// as `next` (`none`: no files).
+    pub fn files_of(model: &Path) -> Result<Vec<PathBuf>> {
+        if model == Path::new("none") {
+            return Ok(Vec::new());
+        }
+        let card_path = ModelCard::path_for(model);
+        let card = ModelCard::load(&card_path)?;
+        let mut files = vec![model.to_path_buf(), card_path];
+        if let Some(next) = card.refiner.and_then(|r| r.next) {
+            files.extend(Self::files_of(&model.with_file_name(next))?);
+        }
+        Ok(files)
+    }
+
+    /// The crops the chain cuts from the images of `reference` and whether
+    /// it found a face in each ([`device_crops`]): read back from the cache
+    /// folder when these very files cut them before (a backbone is
+    /// evaluated again in minutes), else cut and kept there.
+    fn crops(&self, set: &str, dirs: [&Path; 2], reference: &Cache) -> Result<(Cache, Vec<bool>)> {
+        let [data, cache_dir] = dirs;
+        let mut content = Vec::new();
+        for f in &self.files {
+            let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+            content.extend((bytes.len() as u64).to_le_bytes());
+            content.extend(bytes);
+        }
+        let key = normgate::record::content_key(&content);
+        let file = cache_dir.join(format!("heldout-chain-{set}-{}.safetensors", &key[..16]));
+        let kept = |crops: Vec<u8>| Cache {
+            crops,
+            labels: reference.labels.clone(),
+            teacher: Vec::new(),
+            teacher_flip: Vec::new(),
+            dim: 0,
+            paths: reference.paths.clone(),
+        };
+        if file.is_file() {
+            let t = candle_core::safetensors::load(&file, &Device::Cpu)?;
+            let get = |k: &str| -> Result<Vec<u8>> {
+                Ok(t.get(k)
+                    .with_context(|| format!("{} has no tensor {k}", file.display()))?
+                    .flatten_all()?
+                    .to_vec1::<u8>()?)
+            };
+            let (crops, found) = (get("crops")?, get("found")?);
+            if found.len() == reference.len() && crops.len() == reference.crops.len() {
+                return Ok((kept(crops), found.iter().map(|&f| f == 1).collect()));
+            }
+            log::warn!(
+                "{} does not fit the {set} cache; cutting the crops again",
+                file.display()
+            );
+        }
+        let (cache, found) = device_crops(self.locator, &DetectParams::default(), data, reference)?;
+        let n = found.len();
+        let tensors = std::collections::HashMap::from([
+            (
+                "crops".to_string(),
+                Tensor::from_slice(&cache.crops, cache.crops.len(), &Device::Cpu)?,
+            ),
+            (
+                "found".to_string(),
+                Tensor::from_vec(found.iter().map(|&f| u8::from(f)).collect::<Vec<u8>>(), n, &Device::Cpu)?,
+            ),
+        ]);
+        let partial = file.with_extension("partial");
+        candle_core::safetensors::save(&tensors, &partial)
+            .and_then(|()| Ok(std::fs::rename(&partial, &file)?))
+            .with_context(|| format!("cannot write {}", file.display()))?;
+        Ok((cache, found))
+    }
+}
+
+/// Measures the device chain (the detector with its landmark readings,
+/// then `backbone`) beside the teacher chain on the held-out split.
+pub fn evaluate(chain: &Chain, backbone: &Model, data: &Path, cache_dir: &Path) -> Result<HeldOutReport> {
     let split = HeldOut::load(data)?;
     let celeba = Cache::load(cache_dir, "celeba_heldout")?;
     let celeba_pairs = celeba_heldout_pairs(&celeba);
@@ -249,13 +337,14 @@ pub fn evaluate(
         .into_iter()
         .filter(|p| split.unseen_lfw_pair(p))
         .collect();
-    let chain = (detector, backbone);
-    let celeba = Scores::measure(&celeba_pairs, celeba, chain, data)?;
-    let lfw = Scores::measure(&lfw_pairs, Cache::load(cache_dir, "lfw_pairs")?, chain, data)?;
+    let dirs = [data, cache_dir];
+    let celeba = Scores::measure("celeba", &celeba_pairs, celeba, (chain, backbone), dirs)?;
+    let lfw_crops = Cache::load(cache_dir, "lfw_pairs")?;
+    let lfw = Scores::measure("lfw", &lfw_pairs, lfw_crops, (chain, backbone), dirs)?;
     Ok(HeldOutReport {
         split: split.summary(),
-        detector: detector_name,
-        refiner: refiner_name,
+        detector: chain.names[0].clone(),
+        refiner: chain.names[1].clone(),
         backbone: backbone.name(),
         sets: vec![
             report("celeba", &[&celeba]),
@@ -304,5 +393,54 @@ mod tests {
         assert!(at10.by_blur < 0.0, "dropping two good pairs raises the FNMR: {at10:?}");
         assert!(at10.by_random.abs() < 0.2, "{at10:?}");
         assert!(f.accuracy > 0.99, "{}", f.accuracy);
+    }
+
+    #[test]
+    fn the_chains_crops_are_kept_by_the_content_of_its_files_and_read_back() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let (models, data) = (root.join("models"), root.join("samples"));
+        let cache_dir = std::env::temp_dir().join(format!("normgate-heldout-chain-{}", std::process::id()));
+        std::fs::create_dir_all(&cache_dir).unwrap();
+        let reference = Cache {
+            crops: vec![0; 2 * crate::data::prepare::CROP * crate::data::prepare::CROP * 3],
+            labels: vec![0, 1],
+            teacher: Vec::new(),
+            teacher_flip: Vec::new(),
+            dim: 0,
+            paths: vec!["astronaut.png".into(), "brick.png".into()],
+        };
+        let detector = models.join("detector.onnx");
+        let locator = Locator::load(&detector, Path::new("none")).unwrap();
+        let chain = Chain {
+            locator: &locator,
+            names: ["d".into(), "none".into()],
+            files: Chain::files_of(&detector).unwrap(),
+        };
+        assert_eq!(chain.files, vec![detector.clone(), models.join("detector.toml")]);
+        let kept = || std::fs::read_dir(&cache_dir).unwrap().count();
+        let (cut, found) = chain.crops("t", [&data, &cache_dir], &reference).unwrap();
+        assert_eq!(found, vec![true, false], "the astronaut's face, no face in the bricks");
+        assert_eq!(kept(), 1);
+        let (again, found_again) = chain.crops("t", [&data, &cache_dir], &reference).unwrap();
+        assert_eq!((again.crops, found_again), (cut.crops.clone(), found), "read back");
+        assert_eq!(kept(), 1);
+        // Another file in the chain (its first reading names a second): other crops, another file.
+        let refiner = models.join("refiner.onnx");
+        let files = Chain::files_of(&refiner).unwrap();
+        assert_eq!(
+            files.len(),
+            4,
+            "the refiner, its card, the reading it names and its card: {files:?}"
+        );
+        let read_twice = Locator::load(&detector, &refiner).unwrap();
+        let chain = Chain {
+            locator: &read_twice,
+            files: [chain.files, files].concat(),
+            ..chain
+        };
+        let (refined, _) = chain.crops("t", [&data, &cache_dir], &reference).unwrap();
+        assert_eq!(kept(), 2);
+        assert_ne!(refined.crops, cut.crops);
+        std::fs::remove_dir_all(cache_dir).unwrap();
     }
 }
