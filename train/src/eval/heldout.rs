@@ -94,6 +94,9 @@ struct Scores {
     teacher: LfwScores,
     device: LfwScores,
     device_found: Vec<bool>,
+    /// What orders the pairs for dropping: worked out once, as both the
+    /// set's own report and the joined one read it.
+    qualities: PairQualities,
 }
 
 impl Scores {
@@ -106,10 +109,14 @@ impl Scores {
     ) -> Result<Self> {
         let (chain, backbone) = chain;
         let (device_cache, device_found) = chain.crops(set, dirs, &teacher_crops)?;
+        let teacher = pair_scores(&Model::Teacher, pairs, teacher_crops, false)?;
+        let device = pair_scores(backbone, pairs, device_cache, false)?;
+        let qualities = pair_qualities(&teacher, &device, &device_found);
         Ok(Self {
-            teacher: pair_scores(&Model::Teacher, pairs, teacher_crops, false)?,
-            device: pair_scores(backbone, pairs, device_cache, false)?,
+            teacher,
+            device,
             device_found,
+            qualities,
         })
     }
 
@@ -124,25 +131,23 @@ impl Scores {
             used.iter().filter(|i| teacher(i) && self.device_found[**i]).count(),
         ]
     }
+}
 
-    /// Per pair: the lower device norm (0 where the device found no face)
-    /// and teacher norm of its two images, and the lower blur of each
-    /// chain's crops.
-    fn pair_qualities(&self) -> PairQualities {
-        let device_norms: Vec<f64> = self
-            .device
-            .norms()
-            .into_iter()
-            .zip(&self.device_found)
-            .map(|(n, &found)| if found { n } else { 0.0 })
-            .collect();
-        let crops = &self.teacher.crops;
-        PairQualities {
-            teacher_norm: pair_min(crops, &self.teacher.norms()),
-            teacher_blur: pair_min(crops, &blur(&self.teacher.cache)),
-            device_norm: pair_min(crops, &device_norms),
-            device_blur: pair_min(crops, &blur(&self.device.cache)),
-        }
+/// Per pair: the lower device norm (0 where the device found no face) and
+/// teacher norm of its two images, and the lower blur of each chain's crops.
+fn pair_qualities(teacher: &LfwScores, device: &LfwScores, device_found: &[bool]) -> PairQualities {
+    let device_norms: Vec<f64> = device
+        .norms()
+        .into_iter()
+        .zip(device_found)
+        .map(|(n, &found)| if found { n } else { 0.0 })
+        .collect();
+    let crops = &teacher.crops;
+    PairQualities {
+        teacher_norm: pair_min(crops, &teacher.norms()),
+        teacher_blur: pair_min(crops, &blur(&teacher.cache)),
+        device_norm: pair_min(crops, &device_norms),
+        device_blur: pair_min(crops, &blur(&device.cache)),
     }
 }
 
@@ -157,9 +162,8 @@ struct PairQualities {
 /// The report of sets taken together (their pairs of each fold as one fold).
 fn report(set: &str, parts: &[&Scores]) -> SetReport {
     let join = |f: &dyn Fn(&Scores) -> Vec<Scored>| -> Vec<Scored> { parts.iter().flat_map(|s| f(s)).collect() };
-    let qualities: Vec<PairQualities> = parts.iter().map(|s| s.pair_qualities()).collect();
     let joined = |f: &dyn Fn(&PairQualities) -> &Vec<f64>| -> Vec<f64> {
-        qualities.iter().flat_map(|q| f(q).iter().copied()).collect()
+        parts.iter().flat_map(|s| f(&s.qualities).iter().copied()).collect()
     };
     let server = join(&|s| s.teacher.pairs.clone());
     let found = parts.iter().fold([0; 3], |acc, s| {
