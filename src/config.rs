@@ -16,6 +16,7 @@ use crate::embedded;
 use crate::sink::queue::{Limits, WhenFull};
 use crate::sink::upload::{Method, UploadSettings};
 use crate::source::SourceSpec;
+use crate::tracking::TrackingSection;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -27,6 +28,8 @@ pub struct Config {
     pub detector: DetectorSection,
     /// Gate thresholds shared by every camera unless a camera overrides them.
     pub gate: GateSection,
+    /// Face tracks and which crops are sent, unless a camera overrides it.
+    pub tracking: TrackingSection,
     /// Where passing crops go, unless a camera says otherwise.
     pub sink: SinkSection,
     /// Where a sample of the dropped crops is kept for inspection.
@@ -402,6 +405,8 @@ pub struct CameraSection {
     pub gate: Option<GateSection>,
     /// Overrides `[sink]` for this camera.
     pub sink: Option<SinkSection>,
+    /// Overrides `[tracking]` for this camera.
+    pub tracking: Option<TrackingSection>,
     /// Capture settings of a V4L2 camera.
     #[serde(default)]
     pub capture: CaptureSettings,
@@ -415,6 +420,7 @@ impl CameraSection {
             source: source.into(),
             gate: None,
             sink: None,
+            tracking: None,
             capture: CaptureSettings::default(),
         }
     }
@@ -452,6 +458,11 @@ impl Config {
         camera.gate.as_ref().unwrap_or(&self.gate).to_core(recommended)
     }
 
+    /// The tracking of one camera.
+    pub fn tracking_for(&self, camera: &CameraSection) -> TrackingSection {
+        camera.tracking.unwrap_or(self.tracking)
+    }
+
     /// The sink of one camera.
     pub fn sink_for<'a>(&'a self, camera: &'a CameraSection) -> &'a SinkSection {
         camera.sink.as_ref().unwrap_or(&self.sink)
@@ -460,6 +471,7 @@ impl Config {
     /// Checks what serde cannot: value ranges, unique camera ids, parseable sources.
     pub fn validate(&self) -> Result<()> {
         self.gate.to_core(None).context("[gate]")?;
+        self.tracking.validate().context("[tracking]")?;
         self.detector.to_params()?;
         if self.models.batch == 0 {
             bail!("[models] batch must be at least 1");
@@ -490,6 +502,9 @@ impl Config {
             }
             self.gate_for(camera, None)
                 .with_context(|| format!("[camera] {:?}: gate", camera.id))?;
+            self.tracking_for(camera)
+                .validate()
+                .with_context(|| format!("[camera] {:?}: tracking", camera.id))?;
             SourceSpec::parse(&camera.source).with_context(|| format!("[camera] {:?}: source", camera.id))?;
             camera
                 .capture
@@ -629,5 +644,11 @@ mod tests {
         assert!(err("[sink.upload]\nurl = \"http://x\"\nwhen_full = \"panic\"").contains("panic"));
         assert!(err("[audit]\ndir = \"a\"\nsample_rate = 0.0").contains("sample_rate"));
         assert!(err("[[camera]]\nid = \"a\"\nsource = \"v4l2:0\"\n[camera.capture]\nfps = 0").contains("fps"));
+        assert!(err("[tracking]\npolicy = \"best\"").contains("best"));
+        assert!(err("[tracking]\nregrow = 0.5").contains("regrow"));
+        assert!(
+            err("[[camera]]\nid = \"a\"\nsource = \"samples\"\n[camera.tracking]\nmax_tracks = 0")
+                .contains("max_tracks")
+        );
     }
 }

@@ -22,10 +22,11 @@ pub mod embedder;
 pub mod landmarks;
 pub mod runtime;
 
-// The gate: one camera's pipeline, a still image's path, the decision record.
+// The gate: one camera's pipeline, its face tracks, a still image's path, the decision record.
 pub mod pipeline;
 pub mod record;
 pub mod still;
+pub mod tracking;
 
 // Crops out: the spool and the durable upload queue, crash-safe writes.
 pub mod durable;

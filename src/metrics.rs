@@ -24,12 +24,12 @@ pub struct CameraLabel {
     pub camera: String,
 }
 
-/// Label of dropped crops.
+/// Label of dropped crops and of tracked faces.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabel {
     /// The camera id.
     pub camera: String,
-    /// The gate's reason, or `queue_full`.
+    /// The gate's reason, `queue_full`, or a tracked face's ([`TRACKED_REASONS`]).
     pub reason: String,
 }
 
@@ -56,6 +56,18 @@ pub const DROP_REASONS: [&str; 6] = [
     "queue_full",
     "sink_error",
 ];
+
+/// What happens to a tracked face's crop instead of going out at once.
+pub const TRACKED_REASONS: [&str; 3] = ["held", "not_best", "not_embedded"];
+
+fn uploads_histogram() -> Histogram {
+    Histogram::new([0.0, 1.0, 2.0, 3.0, 5.0, 10.0])
+}
+
+fn track_histogram() -> Histogram {
+    // 0.1 s .. about 7 minutes.
+    Histogram::new(exponential_buckets(0.1, 2.0, 13))
+}
 
 fn stage_histogram() -> Histogram {
     // 0.5 ms .. about 4 s.
@@ -93,6 +105,16 @@ pub struct Metrics {
     pub queue_evicted: Counter,
     /// Latency of each stage, seconds.
     pub stage_seconds: Family<StageLabel, Histogram>,
+    /// Face tracks opened.
+    pub tracks_started: Family<CameraLabel, Counter>,
+    /// Face tracks ended.
+    pub tracks_ended: Family<CameraLabel, Counter>,
+    /// Faces whose crop waited on their track (`held`, `not_best`, `not_embedded`).
+    pub tracked_faces: Family<DropLabel, Counter>,
+    /// Crops each ended track sent.
+    pub track_uploads: Family<CameraLabel, Histogram>,
+    /// How long each ended track lasted, seconds.
+    pub track_seconds: Family<CameraLabel, Histogram>,
     /// Sum and count of each stage's latencies, for the run's summary
     /// (the histogram does not expose them).
     stage_totals: Mutex<HashMap<&'static str, (f64, u64)>>,
@@ -116,6 +138,11 @@ impl Default for Metrics {
             queue_bytes: Default::default(),
             queue_evicted: Default::default(),
             stage_seconds: Family::new_with_constructor(stage_histogram as fn() -> Histogram),
+            tracks_started: Default::default(),
+            tracks_ended: Default::default(),
+            tracked_faces: Default::default(),
+            track_uploads: Family::new_with_constructor(uploads_histogram as fn() -> Histogram),
+            track_seconds: Family::new_with_constructor(track_histogram as fn() -> Histogram),
             stage_totals: Mutex::default(),
         };
         let r = &mut m.registry;
@@ -139,11 +166,20 @@ impl Default for Metrics {
             ),
             ("faces", "Faces detected", &m.faces),
             ("passed", "Crops that passed the gate", &m.passed),
+            ("tracks_started", "Face tracks opened", &m.tracks_started),
+            ("tracks_ended", "Face tracks ended", &m.tracks_ended),
         ];
         for (name, help, family) in per_camera {
             r.register(name, help, family.clone());
         }
         r.register("dropped", "Crops dropped, by reason", m.dropped.clone());
+        r.register(
+            "tracked_faces",
+            "Faces whose crop waited on their track, by reason",
+            m.tracked_faces.clone(),
+        );
+        r.register("track_uploads", "Crops sent per ended track", m.track_uploads.clone());
+        r.register("track_seconds", "Duration of ended tracks", m.track_seconds.clone());
         r.register("uploads", "Upload attempts, by outcome", m.uploads.clone());
         r.register(
             "upload_retries",
@@ -204,17 +240,27 @@ impl Metrics {
             .get()
     }
 
-    /// One camera's dropped crops for every reason there is.
-    pub fn dropped_by_reason(&self, camera: &str) -> Vec<(String, u64)> {
-        DROP_REASONS
+    /// One camera's dropped crops, for every reason seen.
+    pub fn dropped_by_reason(&self, camera: &str) -> BTreeMap<String, u64> {
+        Self::by_reason(&self.dropped, &DROP_REASONS, camera)
+    }
+
+    /// One camera's faces that waited on their track, for every reason seen.
+    pub fn tracked_by_reason(&self, camera: &str) -> BTreeMap<String, u64> {
+        Self::by_reason(&self.tracked_faces, &TRACKED_REASONS, camera)
+    }
+
+    fn by_reason(family: &Family<DropLabel, Counter>, reasons: &[&str], camera: &str) -> BTreeMap<String, u64> {
+        reasons
             .iter()
             .map(|reason| {
                 let label = DropLabel {
                     camera: camera.into(),
                     reason: (*reason).into(),
                 };
-                ((*reason).to_string(), self.dropped.get_or_create(&label).get())
+                ((*reason).to_string(), family.get_or_create(&label).get())
             })
+            .filter(|(_, n)| *n > 0)
             .collect()
     }
 

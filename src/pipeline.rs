@@ -1,6 +1,8 @@
 //! One camera's pipeline: frame -> faces -> aligned crops -> features ->
 //! gate decisions -> sink, with every decision logged and counted. Faces the
-//! gate drops whatever their norm (too small, too uncertain) are not embedded.
+//! gate drops whatever their norm (too small, too uncertain) are not embedded;
+//! with tracking, neither are the faces of a track that holds a clearly good
+//! crop, and a passing crop waits on its track (`tracking`).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,11 +20,12 @@ use crate::detector::{DetectParams, Face};
 use crate::embedder::Embedder;
 use crate::feed::{Feed, Next};
 use crate::landmarks::Locator;
-use crate::metrics::{CameraLabel, DropLabel, Metrics};
+use crate::metrics::{CameraLabel, DropLabel, Metrics, TRACKED_REASONS};
 use crate::record::{content_key, now_rfc3339, Crop, DecisionLog, FaceRecord};
 use crate::sink::spool::Spool;
 use crate::sink::Sink;
 use crate::source::{Frame, Item};
+use crate::tracking::{CameraTracks, Release};
 
 /// How much larger than the face box the uploaded crop is, per side.
 const CROP_SCALE: f32 = 1.5;
@@ -98,17 +101,26 @@ pub struct CameraPipeline {
     pub pending_gate: Arc<Mutex<Option<GateConfig>>>,
     sink: Arc<Sink>,
     shared: Arc<Shared>,
+    /// The camera's face tracks; `None` sends crops frame by frame.
+    tracks: Option<CameraTracks>,
 }
 
 impl CameraPipeline {
     /// Wires one camera.
-    pub fn new(id: String, gate: GateConfig, sink: Arc<Sink>, shared: Arc<Shared>) -> Result<Self> {
+    pub fn new(
+        id: String,
+        gate: GateConfig,
+        tracks: Option<CameraTracks>,
+        sink: Arc<Sink>,
+        shared: Arc<Shared>,
+    ) -> Result<Self> {
         Ok(Self {
             id,
             gate: Gate::new(gate)?,
             pending_gate: Arc::default(),
             sink,
             shared,
+            tracks,
         })
     }
 
@@ -129,6 +141,100 @@ impl CameraPipeline {
             .inc();
     }
 
+    fn count_tracked(&self, reason: &str) {
+        self.shared
+            .metrics
+            .tracked_faces
+            .get_or_create(&DropLabel {
+                camera: self.id.clone(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// The tracks of this frame's faces (all `None` without tracking), and
+    /// the crops of tracks that ended or whose window closed.
+    fn track(&mut self, frame: u64, faces: &[Face]) -> (Vec<Option<u64>>, Vec<Release>) {
+        let Some(tracks) = &mut self.tracks else {
+            return (vec![None; faces.len()], Vec::new());
+        };
+        let boxes: Vec<[f32; 4]> = faces.iter().map(|f| f.bbox).collect();
+        let (assigned, started, releases) = tracks.observe(frame, &boxes);
+        self.shared
+            .metrics
+            .tracks_started
+            .get_or_create(&self.label())
+            .inc_by(started as u64);
+        (assigned, releases)
+    }
+
+    /// Hands a passing crop to the sink; a full or failing sink turns the
+    /// record into a drop.
+    fn deliver(&self, crop: &Crop, record: &mut FaceRecord) {
+        let started = Instant::now();
+        let accepted = self.sink.accept(crop);
+        self.shared.metrics.observe("sink", started.elapsed());
+        match accepted {
+            Ok(true) => {}
+            Ok(false) => {
+                record.pass = false;
+                record.reason = "queue_full".into();
+            }
+            Err(e) => {
+                log::error!("{}: cannot store a passing crop: {e:#}", self.id);
+                record.pass = false;
+                record.reason = "sink_error".into();
+            }
+        }
+    }
+
+    /// Sends a track's released crop and counts the track's end.
+    fn release(&self, release: Release, records: &mut Vec<FaceRecord>) {
+        let label = self.label();
+        if let (Some(sent), Some(tracks)) = (release.ended_after, &self.tracks) {
+            let metrics = &self.shared.metrics;
+            metrics.tracks_ended.get_or_create(&label).inc();
+            metrics.track_uploads.get_or_create(&label).observe(f64::from(sent));
+            metrics
+                .track_seconds
+                .get_or_create(&label)
+                .observe(tracks.duration_s(release.frames));
+            if sent == 0 {
+                log::info!(
+                    "{}: track {} (frames {}-{}) ended without a crop that passed the gate",
+                    self.id,
+                    release.track,
+                    release.frames[0],
+                    release.frames[1]
+                );
+            }
+        }
+        let Some(crop) = release.crop else {
+            return;
+        };
+        let mut record = crop.record.clone();
+        record.pass = true;
+        record.reason = "best_of_track".into();
+        record.track_frames = Some(release.frames);
+        let crop = Crop {
+            record: record.clone(),
+            jpeg: crop.jpeg,
+        };
+        self.deliver(&crop, &mut record);
+        self.count_outcome(&record);
+        records.push(record);
+    }
+
+    fn count_outcome(&self, record: &FaceRecord) {
+        if record.pass {
+            self.shared.metrics.passed.get_or_create(&self.label()).inc();
+        } else if TRACKED_REASONS.contains(&record.reason.as_str()) {
+            self.count_tracked(&record.reason);
+        } else {
+            self.count_drop(&record.reason);
+        }
+    }
+
     /// Runs one frame through the pipeline and logs its decisions.
     pub fn process(&mut self, frame: &Frame) -> Result<Vec<FaceRecord>> {
         let started = Instant::now();
@@ -145,24 +251,37 @@ impl CameraPipeline {
             .iter()
             .map(|f| self.gate.precheck(f.short_side(), f.score))
             .collect();
+        let (mut tracks, releases) = self.track(frame.index, &faces);
+        // A face is embedded when the gate will judge it and its track (if
+        // any) still needs a better crop ([`CameraTracks::needs_embedding`]).
+        let threshold = self.gate.base_threshold();
+        let embed: Vec<bool> = faces
+            .iter()
+            .zip(&prechecks)
+            .zip(&tracks)
+            .map(|((face, precheck), track)| {
+                precheck.is_none()
+                    && match (track, &self.tracks) {
+                        (Some(id), Some(t)) => t.needs_embedding(*id, frame.index, face.short_side(), threshold),
+                        _ => true,
+                    }
+            })
+            .collect();
         // Only faces that will be aligned get the refiner's landmarks; the
         // others keep the detector's in the decision log.
+        let locator = &self.shared.models.locator;
         if let Some(refiner) = &locator.refiner {
-            for (face, precheck) in faces.iter_mut().zip(&prechecks) {
-                if precheck.is_none() {
-                    let started = Instant::now();
-                    face.landmarks = refiner.landmarks(&frame.image, face)?;
-                    self.shared.metrics.observe("refine", started.elapsed());
-                }
+            for (face, _) in faces.iter_mut().zip(&embed).filter(|(_, e)| **e) {
+                let started = Instant::now();
+                face.landmarks = refiner.landmarks(&frame.image, face)?;
+                self.shared.metrics.observe("refine", started.elapsed());
             }
         }
         let mut aligned = Vec::new();
-        for (face, precheck) in faces.iter().zip(&prechecks) {
-            if precheck.is_none() {
-                let started = Instant::now();
-                aligned.push(self.shared.models.embedder.align(&frame.image, &face.landmarks)?);
-                self.shared.metrics.observe("align", started.elapsed());
-            }
+        for (face, _) in faces.iter().zip(&embed).filter(|(_, e)| **e) {
+            let started = Instant::now();
+            aligned.push(self.shared.models.embedder.align(&frame.image, &face.landmarks)?);
+            self.shared.metrics.observe("align", started.elapsed());
         }
         let started = Instant::now();
         let features = self.shared.models.embedder.embed(&aligned)?;
@@ -173,20 +292,10 @@ impl CameraPipeline {
             }
         }
 
-        let mut norms = features.iter().map(|f| l2_norm(f));
+        let mut features = features.into_iter();
         let time = now_rfc3339();
-        let mut records = Vec::with_capacity(faces.len());
-        for (index, (face, precheck)) in faces.iter().zip(&prechecks).enumerate() {
-            let norm = if precheck.is_none() {
-                norms.next().unwrap_or(0.0)
-            } else {
-                0.0
-            };
-            let decision = self.gate.decide(&Candidate {
-                norm,
-                face_px: face.short_side(),
-                detector_score: face.score,
-            });
+        let mut records = Vec::with_capacity(faces.len() + releases.len());
+        for (index, face) in faces.iter().enumerate() {
             let mut record = FaceRecord {
                 time: time.clone(),
                 camera: self.id.clone(),
@@ -196,56 +305,85 @@ impl CameraPipeline {
                 bbox: face.bbox,
                 landmarks: face.landmarks,
                 detector_score: face.score,
-                norm,
-                threshold: decision.threshold,
-                pass: decision.pass,
-                reason: decision.reason.as_str().into(),
+                norm: 0.0,
+                threshold,
+                pass: false,
+                reason: "not_embedded".into(),
                 key: None,
                 crop_region: None,
+                track: tracks[index],
+                track_frames: None,
+            };
+            let skipped = prechecks[index].is_none() && !embed[index];
+            if skipped {
+                self.count_outcome(&record);
+                records.push(record);
+                continue;
+            }
+            if embed[index] {
+                let feature = features.next().unwrap_or_default();
+                record.norm = l2_norm(&feature);
+                if let (Some(id), Some(t)) = (tracks[index], &mut self.tracks) {
+                    tracks[index] = Some(t.embedded(id, frame.index, &feature));
+                    record.track = tracks[index];
+                }
+            }
+            let decision = self.gate.decide(&Candidate {
+                norm: record.norm,
+                face_px: face.short_side(),
+                detector_score: face.score,
+            });
+            (record.threshold, record.pass, record.reason) =
+                (decision.threshold, decision.pass, decision.reason.as_str().into());
+            let held_by = match (tracks[index], &self.tracks) {
+                (Some(id), Some(t)) if decision.pass => Some((id, t.improves(id, record.norm))),
+                _ => None,
             };
             let keep_for_audit = self
                 .shared
                 .audit
                 .as_ref()
                 .is_some_and(|a| !decision.pass && fastrand::f32() < a.sample_rate);
-            if decision.pass || keep_for_audit {
+            let cut = match held_by {
+                Some((_, better)) => better,
+                None => decision.pass || keep_for_audit,
+            };
+            let crop = if cut {
                 let region = crop_region(face, frame.image.width(), frame.image.height());
                 let [x, y, w, h] = region;
                 let bytes = jpeg(&image::imageops::crop_imm(&frame.image, x, y, w, h).to_image())?;
                 record.key = Some(content_key(&bytes));
                 record.crop_region = Some(region);
-                let crop = Crop {
+                Some(Crop {
                     record: record.clone(),
                     jpeg: bytes,
-                };
-                if decision.pass {
-                    let started = Instant::now();
-                    let accepted = self.sink.accept(&crop);
-                    self.shared.metrics.observe("sink", started.elapsed());
-                    match accepted {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            record.pass = false;
-                            record.reason = "queue_full".into();
-                        }
-                        Err(e) => {
-                            log::error!("{}: cannot store a passing crop: {e:#}", self.id);
-                            record.pass = false;
-                            record.reason = "sink_error".into();
-                        }
-                    }
-                } else if let Some(audit) = &self.shared.audit {
-                    if let Err(e) = audit.spool.write(&crop) {
-                        log::warn!("{}: cannot write an audit crop: {e:#}", self.id);
+                })
+            } else {
+                None
+            };
+            match (held_by, crop) {
+                (Some((id, better)), crop) => {
+                    record.pass = false;
+                    record.reason = if better { "held" } else { "not_best" }.into();
+                    if let (Some(crop), Some(t)) = (crop, &mut self.tracks) {
+                        t.hold(id, crop, face.short_side());
                     }
                 }
+                (None, Some(crop)) if decision.pass => self.deliver(&crop, &mut record),
+                (None, Some(crop)) => {
+                    if let Some(audit) = &self.shared.audit {
+                        if let Err(e) = audit.spool.write(&crop) {
+                            log::warn!("{}: cannot write an audit crop: {e:#}", self.id);
+                        }
+                    }
+                }
+                (None, None) => {}
             }
-            if record.pass {
-                self.shared.metrics.passed.get_or_create(&self.label()).inc();
-            } else {
-                self.count_drop(&record.reason);
-            }
+            self.count_outcome(&record);
             records.push(record);
+        }
+        for release in releases {
+            self.release(release, &mut records);
         }
         self.shared.log.write(&records)?;
         Ok(records)
@@ -286,6 +424,22 @@ impl CameraPipeline {
                 Next::Idle => {}
                 Next::Ended => break,
             }
+        }
+        self.finish_tracks();
+    }
+
+    /// Sends the crops the open tracks hold (the source ended or the run
+    /// stops); only a crash loses them.
+    fn finish_tracks(&mut self) {
+        let Some(tracks) = &mut self.tracks else {
+            return;
+        };
+        let mut records = Vec::new();
+        for release in tracks.finish() {
+            self.release(release, &mut records);
+        }
+        if let Err(e) = self.shared.log.write(&records) {
+            log::error!("{}: cannot log the tracks' last crops: {e:#}", self.id);
         }
     }
 }

@@ -35,7 +35,11 @@ pub struct FaceRecord {
     pub threshold: f32,
     /// Whether the crop passed.
     pub pass: bool,
-    /// Why: `pass`, `low_norm`, `small_face`, `low_detector_score`, `queue_full`, ...
+    /// Why: `passed`, `low_norm`, `small_face`, `low_detector_score`,
+    /// `queue_full`, ...; with tracking also `held` (the track's best crop so
+    /// far), `not_best` (the track holds a better one), `not_embedded` (the
+    /// track holds a good crop and the face was not embedded) and
+    /// `best_of_track` (a held crop sent when its track ended or its window closed).
     pub reason: String,
     /// Idempotency key of the uploaded crop (SHA-256 of its JPEG), for passing crops.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,6 +47,13 @@ pub struct FaceRecord {
     /// Region of the frame `[x, y, width, height]` that the crop shows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crop_region: Option<[u32; 4]>,
+    /// The face's track, when the camera tracks faces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track: Option<u64>,
+    /// On a `best_of_track` record: the track's first frame and its latest
+    /// frame with the face (`frame` is the chosen one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_frames: Option<[u64; 2]>,
 }
 
 /// A passing crop: its JPEG and its record.

@@ -25,6 +25,7 @@ use crate::sink::spool::Spool;
 use crate::sink::upload::{Shutdown, Uploader};
 use crate::sink::Sink;
 use crate::source::SourceSpec;
+use crate::tracking::CameraTracks;
 
 /// One camera's counts.
 #[derive(Debug, Serialize)]
@@ -43,6 +44,12 @@ pub struct CameraSummary {
     pub passed: u64,
     /// Dropped crops by reason.
     pub dropped: BTreeMap<String, u64>,
+    /// Faces whose crop waited on their track, by reason (`held`, `not_best`, `not_embedded`).
+    pub tracked: BTreeMap<String, u64>,
+    /// Face tracks opened.
+    pub tracks_started: u64,
+    /// Face tracks ended.
+    pub tracks_ended: u64,
 }
 
 /// Upload counts of the run.
@@ -180,9 +187,12 @@ pub fn run(config: &Config, reload: Option<&dyn Fn() -> Result<Config>>) -> Resu
     };
     let mut cameras = Vec::new();
     for (camera, feed) in feeds {
+        let tracks = CameraTracks::new(&config.tracking_for(&camera), camera.capture.fps)
+            .with_context(|| format!("camera {:?}", camera.id))?;
         let pipeline = CameraPipeline::new(
             camera.id.clone(),
             config.gate_for(&camera, recommended)?,
+            tracks,
             sinks.open(config.sink_for(&camera))?,
             shared.clone(),
         )?;
@@ -292,21 +302,17 @@ fn summarise(metrics: &Metrics, ids: &[String], interrupted: bool, seconds: f64)
     let count = |family, id: &str| Metrics::camera_count(family, id);
     let cameras = ids
         .iter()
-        .map(|id| {
-            let dropped = metrics
-                .dropped_by_reason(id)
-                .into_iter()
-                .filter(|(_, n)| *n > 0)
-                .collect();
-            CameraSummary {
-                id: id.clone(),
-                frames: count(&metrics.frames, id),
-                decode_errors: count(&metrics.decode_errors, id),
-                frames_skipped: count(&metrics.frames_skipped, id),
-                faces: count(&metrics.faces, id),
-                passed: count(&metrics.passed, id),
-                dropped,
-            }
+        .map(|id| CameraSummary {
+            id: id.clone(),
+            frames: count(&metrics.frames, id),
+            decode_errors: count(&metrics.decode_errors, id),
+            frames_skipped: count(&metrics.frames_skipped, id),
+            faces: count(&metrics.faces, id),
+            passed: count(&metrics.passed, id),
+            dropped: metrics.dropped_by_reason(id),
+            tracked: metrics.tracked_by_reason(id),
+            tracks_started: count(&metrics.tracks_started, id),
+            tracks_ended: count(&metrics.tracks_ended, id),
         })
         .collect::<Vec<CameraSummary>>();
     let frames: u64 = cameras.iter().map(|c| c.frames).sum();

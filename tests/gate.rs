@@ -235,10 +235,14 @@ fn summary(out: Output) -> Value {
 
 const FAST_RETRY: &str = "[sink.upload]\nurl = \"http://unused\"\nretry_initial_s = 0.1\nretry_max_s = 0.5\n";
 
+/// The tests of the gate's and the queue's work per crop send every passing
+/// crop; the tracking tests below send one per track.
+const PER_FRAME: &str = "[tracking]\npolicy = \"per_frame\"\n";
+
 /// The delivery tests pass every face: what they test is the queue, not
 /// where the model's recommended threshold falls on the sample face.
 fn fast_retry_every_face() -> String {
-    format!("{FAST_RETRY}[gate.policy]\nkind = \"fixed\"\nthreshold = 0.5\n")
+    format!("{FAST_RETRY}{PER_FRAME}[gate.policy]\nkind = \"fixed\"\nthreshold = 0.5\n")
 }
 
 #[test]
@@ -247,7 +251,7 @@ fn the_sharp_face_is_uploaded_and_degraded_faces_and_non_faces_are_not() {
     let server = Server::start();
     let audit = dir.join("audit");
     let config = format!(
-        "{FAST_RETRY}[audit]\ndir = \"{}\"\nsample_rate = 1.0\n",
+        "{FAST_RETRY}{PER_FRAME}[audit]\ndir = \"{}\"\nsample_rate = 1.0\n",
         audit.display()
     );
     let run = Run::new(&dir, &server.url, &config);
@@ -420,7 +424,7 @@ fn wait_for_decisions(run: &Run, n: usize) {
 fn sighup_reloads_the_threshold_and_sigterm_exits_cleanly() {
     let dir = scratch("signals");
     let server = Server::start();
-    let strict = format!("{FAST_RETRY}[gate.policy]\nkind = \"fixed\"\nthreshold = 1000.0\n");
+    let strict = format!("{FAST_RETRY}{PER_FRAME}[gate.policy]\nkind = \"fixed\"\nthreshold = 1000.0\n");
     let run = Run::new(&dir, &server.url, &strict);
     let (child, mut stdin) = run.spawn("off");
     let frames = sharp_frames(2);
@@ -430,7 +434,7 @@ fn sighup_reloads_the_threshold_and_sigterm_exits_cleanly() {
 
     std::fs::write(
         dir.join("normgate.toml"),
-        format!("{FAST_RETRY}[gate.policy]\nkind = \"fixed\"\nthreshold = 0.5\n"),
+        format!("{FAST_RETRY}{PER_FRAME}[gate.policy]\nkind = \"fixed\"\nthreshold = 0.5\n"),
     )
     .unwrap();
     let pid = child.id().to_string();
@@ -454,4 +458,132 @@ fn command_kill(signal: &str, pid: &str) -> bool {
         .status()
         .unwrap()
         .success()
+}
+
+/// A person walking across a grey frame: the astronaut's face (as in
+/// [`sharp_frames`]) shifted 8 px a frame, `n` frames from `start`.
+fn walking(start: usize, n: usize) -> Vec<Vec<u8>> {
+    let face = image::imageops::crop_imm(&sample("astronaut.png"), 96, 0, 256, 320).to_image();
+    (start..start + n)
+        .map(|i| {
+            let mut frame = RgbImage::from_pixel(480, 360, image::Rgb([128, 128, 128]));
+            image::imageops::overlay(&mut frame, &face, 20 + 8 * i as i64, 20);
+            jpeg(&frame)
+        })
+        .collect()
+}
+
+/// Frames without a face, as large as [`walking`]'s.
+fn empty_frames(n: usize) -> Vec<Vec<u8>> {
+    let brick = resize(&sample("brick.png"), 480, 360, FilterType::Triangle);
+    vec![jpeg(&brick); n]
+}
+
+/// Every face passes, and a track ends after two frames without its face.
+fn tracking_every_face() -> String {
+    format!("{FAST_RETRY}[gate.policy]\nkind = \"fixed\"\nthreshold = 0.5\n[tracking]\nmax_missed = 2\n")
+}
+
+fn best_of_track(decisions: &[Value]) -> Vec<&Value> {
+    decisions.iter().filter(|d| d["reason"] == "best_of_track").collect()
+}
+
+#[test]
+fn each_person_sends_one_crop_when_their_track_ends() {
+    let dir = scratch("tracks");
+    let server = Server::start();
+    let run = Run::new(&dir, &server.url, &tracking_every_face());
+    // One person, three empty frames (their track ends), another person.
+    let stream = [walking(0, 6), empty_frames(3), walking(0, 6)].concat().concat();
+    let summary = run.run(&stream);
+    let decisions = run.decisions();
+    let sent = best_of_track(&decisions);
+    assert_eq!(sent.len(), 2, "{decisions:#?}");
+    let spans: Vec<Value> = sent.iter().map(|d| d["track_frames"].clone()).collect();
+    assert_eq!(spans, [serde_json::json!([0, 5]), serde_json::json!([9, 14])]);
+    assert_ne!(sent[0]["track"], sent[1]["track"]);
+    for d in &sent {
+        // The chosen crop is the track's highest norm among its embedded faces.
+        let track = &d["track"];
+        let best = decisions
+            .iter()
+            .filter(|f| &f["track"] == track && f["reason"] != "best_of_track")
+            .map(|f| f["norm"].as_f64().unwrap())
+            .fold(0.0, f64::max);
+        assert_eq!(d["norm"].as_f64().unwrap(), best);
+        assert_eq!(d["pass"], true);
+    }
+    assert_eq!(server.distinct_keys(), run.passed_keys());
+    assert_eq!(server.keys().len(), 2);
+
+    let camera = &summary["cameras"][0];
+    assert_eq!(camera["passed"], 2);
+    assert_eq!(
+        (camera["tracks_started"].as_u64(), camera["tracks_ended"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let per_face = decisions.len() - sent.len();
+    assert_eq!(camera["faces"], per_face as u64);
+    let tracked: BTreeMap<String, u64> = serde_json::from_value(camera["tracked"].clone()).unwrap();
+    assert_eq!(tracked.values().sum::<u64>(), per_face as u64, "{tracked:?}");
+    // Once a clearly good crop is held, most frames are not embedded.
+    assert!(tracked.get("not_embedded").copied().unwrap_or(0) >= 6, "{tracked:?}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_track_whose_crops_never_pass_sends_nothing_and_says_so() {
+    let dir = scratch("tracks-none");
+    let server = Server::start();
+    let strict = format!("{FAST_RETRY}[gate.policy]\nkind = \"fixed\"\nthreshold = 1000.0\n");
+    let run = Run::new(&dir, &server.url, &strict);
+    let (child, mut stdin) = run.spawn("off");
+    stdin.write_all(&walking(0, 3).concat()).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let summary = summary(out);
+    assert!(run.decisions().iter().all(|d| d["reason"] == "low_norm"));
+    assert_eq!(summary["cameras"][0]["tracks_ended"], 1);
+    assert_eq!(summary["cameras"][0]["passed"], 0);
+    assert!(stderr.contains("ended without a crop that passed the gate"), "{stderr}");
+    assert!(server.keys().is_empty());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_sigkill_loses_only_the_crops_open_tracks_hold() {
+    let dir = scratch("tracks-kill");
+    let server = Server::start();
+    let run = Run::new(&dir, &server.url, &tracking_every_face());
+    let (mut child, mut stdin) = run.spawn("off");
+    // The first person's track ends and sends; the second's is open when the process dies.
+    stdin
+        .write_all(&[walking(0, 4), empty_frames(3), walking(0, 4)].concat().concat())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while run.decisions().iter().filter(|d| d["track"] == 2).count() < 4 || server.keys().is_empty() {
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(Instant::now() < deadline, "{:#?}", run.decisions());
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+    let decisions = run.decisions();
+    let sent = best_of_track(&decisions);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["track"], 1);
+    // What died with the process: the one crop the open track held.
+    let held_open = decisions
+        .iter()
+        .filter(|d| d["track"] == 2 && d["reason"] == "held")
+        .count();
+    assert!(held_open >= 1);
+
+    // A restart delivers nothing twice and finds nothing else to send.
+    let summary = run.run(&empty_frames(1).concat());
+    assert_eq!(server.keys().len(), 1, "delivered exactly once");
+    assert_eq!(server.distinct_keys(), run.passed_keys());
+    assert_eq!(summary["uploads"]["queued"], 0);
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -3,7 +3,7 @@
 //! Everything here is `no_std`: pure functions and small state machines over
 //! slices that the caller owns, so that the same code gates crops on a
 //! Cortex-A53 and curates data sets on a workstation. Modules that must return
-//! results of data-dependent size (`dedup`, `concat`, `clean`) need the `alloc`
+//! results of data-dependent size (`dedup`, `concat`, `clean`, `track`) need the `alloc`
 //! feature (on by default).
 //!
 //! | module | concept |
@@ -18,6 +18,8 @@
 //! | [`hem`] | hard example mining |
 //! | [`clean`] | wrong-label detection from class centres |
 //! | [`quant`] | int8 quantization as ONNX QuantizeLinear defines it |
+//! | [`track`] | face tracks across frames: Kalman-predicted boxes, overlap matching, re-association by embedding |
+//! | [`shot`] | a track's best crop, its release windows and its embedding schedule |
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -41,5 +43,8 @@ pub mod margin;
 pub mod norm;
 pub mod quant;
 pub mod quantile;
+pub mod shot;
+#[cfg(feature = "alloc")]
+pub mod track;
 
 pub use error::{Error, Result};

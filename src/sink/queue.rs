@@ -328,6 +328,8 @@ mod tests {
                 reason: "pass".into(),
                 key: Some(content_key(&jpeg)),
                 crop_region: None,
+                track: None,
+                track_frames: None,
             },
             jpeg,
         }

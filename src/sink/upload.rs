@@ -264,6 +264,8 @@ mod tests {
                 reason: "passed".into(),
                 key: Some(content_key(jpeg)),
                 crop_region: None,
+                track: None,
+                track_frames: None,
             },
             jpeg: jpeg.to_vec(),
         }
