@@ -429,6 +429,16 @@ impl CameraSection {
 /// The camera used when the file names none: the bundled sample images.
 pub const DEFAULT_SOURCE: &str = "samples";
 
+/// The bundled samples that show no face (tests and the walk-by's backgrounds).
+pub const FACE_FREE_SAMPLES: [&str; 6] = [
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "coffee.png",
+    "rocket.jpg",
+    "hubble_deep_field.jpg",
+];
+
 impl Config {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Self> {

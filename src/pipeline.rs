@@ -154,18 +154,13 @@ impl CameraPipeline {
 
     /// The tracks of this frame's faces (all `None` without tracking), and
     /// the crops of tracks that ended or whose window closed.
-    fn track(&mut self, frame: u64, faces: &[Face]) -> (Vec<Option<u64>>, Vec<Release>) {
+    fn track(&mut self, frame: &Frame, faces: &[Face]) -> (Vec<Option<u64>>, Vec<Release>) {
         let Some(tracks) = &mut self.tracks else {
             return (vec![None; faces.len()], Vec::new());
         };
         let boxes: Vec<[f32; 4]> = faces.iter().map(|f| f.bbox).collect();
-        let (assigned, started, releases) = tracks.observe(frame, &boxes);
-        self.shared
-            .metrics
-            .tracks_started
-            .get_or_create(&self.label())
-            .inc_by(started as u64);
-        (assigned, releases)
+        let bounds = [frame.image.width() as f32, frame.image.height() as f32];
+        tracks.observe(frame.index, &boxes, bounds)
     }
 
     /// Hands a passing crop to the sink; a full or failing sink turns the
@@ -251,7 +246,7 @@ impl CameraPipeline {
             .iter()
             .map(|f| self.gate.precheck(f.short_side(), f.score))
             .collect();
-        let (mut tracks, releases) = self.track(frame.index, &faces);
+        let (mut tracks, mut releases) = self.track(frame, &faces);
         // A face is embedded when the gate will judge it and its track (if
         // any) still needs a better crop ([`CameraTracks::needs_embedding`]).
         let threshold = self.gate.base_threshold();
@@ -324,8 +319,10 @@ impl CameraPipeline {
                 let feature = features.next().unwrap_or_default();
                 record.norm = l2_norm(&feature);
                 if let (Some(id), Some(t)) = (tracks[index], &mut self.tracks) {
-                    tracks[index] = Some(t.embedded(id, frame.index, &feature));
-                    record.track = tracks[index];
+                    let (id, ended) = t.embedded(id, frame.index, &feature);
+                    tracks[index] = Some(id);
+                    record.track = Some(id);
+                    releases.extend(ended);
                 }
             }
             let decision = self.gate.decide(&Candidate {
@@ -385,6 +382,12 @@ impl CameraPipeline {
         for release in releases {
             self.release(release, &mut records);
         }
+        let started = self.tracks.as_mut().map_or(0, CameraTracks::take_started);
+        self.shared
+            .metrics
+            .tracks_started
+            .get_or_create(&self.label())
+            .inc_by(started as u64);
         self.shared.log.write(&records)?;
         Ok(records)
     }

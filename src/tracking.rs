@@ -41,8 +41,10 @@ pub struct TrackingSection {
     pub max_missed: u32,
     /// Most open tracks per camera (one held crop each).
     pub max_tracks: usize,
-    /// Smallest cosine of embedding directions that rejoins a face to a lost
-    /// track it reappeared away from; above 1 disables it.
+    /// Cosine of embedding directions above which two faces are the same
+    /// person: a face that reappeared away from its lost track rejoins it, and
+    /// a face whose direction contradicts its track's leaves it (people who
+    /// crossed); above 1 disables both.
     pub reassociate_cosine: f32,
     /// A person who stays sends the best crop of each window of this many
     /// seconds (frame numbers over the camera's `capture.fps`); 0: only at the end.
@@ -126,6 +128,7 @@ pub struct CameraTracks {
     held: HashMap<u64, Held>,
     shot: ShotConfig,
     seconds_per_frame: f64,
+    started: usize,
 }
 
 impl CameraTracks {
@@ -140,6 +143,7 @@ impl CameraTracks {
             held: HashMap::new(),
             shot: section.shot(),
             seconds_per_frame: 1.0 / f64::from(fps.max(1)),
+            started: 0,
         }))
     }
 
@@ -147,22 +151,15 @@ impl CameraTracks {
         frame as f64 * self.seconds_per_frame
     }
 
-    /// Takes a frame's face boxes: the track of each (`None`: no room, the
-    /// face goes frame by frame), the tracks that started, and the crops of
-    /// the tracks that ended and of the windows that closed.
-    pub fn observe(&mut self, frame: u64, boxes: &[BoxXyxy]) -> (Vec<Option<u64>>, usize, Vec<Release>) {
-        let update = self.tracker.update(frame, boxes);
+    /// Takes a frame's face boxes (the frame `bounds` wide and high): the
+    /// track of each (`None`: no room, the face goes frame by frame), and the
+    /// crops of the tracks that ended and of the windows that closed.
+    pub fn observe(&mut self, frame: u64, boxes: &[BoxXyxy], bounds: [f32; 2]) -> (Vec<Option<u64>>, Vec<Release>) {
+        let update = self.tracker.update(frame, boxes, bounds);
         let mut releases: Vec<Release> = update.ended.iter().map(|e| self.end(e)).collect();
         let now = self.seconds(frame);
-        let mut started = 0;
         for id in update.assigned.iter().flatten() {
-            self.held.entry(*id).or_insert_with(|| {
-                started += 1;
-                Held {
-                    best: BestShot::new(now),
-                    released: 0,
-                }
-            });
+            self.start(*id, now);
         }
         for track in self.tracker.tracks() {
             let Some(held) = self.held.get_mut(&track.id) else {
@@ -180,7 +177,24 @@ impl CameraTracks {
                 }
             }
         }
-        (update.assigned, started, releases)
+        (update.assigned, releases)
+    }
+
+    /// Opens the held-crop slot of a track seen for the first time.
+    fn start(&mut self, id: u64, now: f64) {
+        let started = &mut self.started;
+        self.held.entry(id).or_insert_with(|| {
+            *started += 1;
+            Held {
+                best: BestShot::new(now),
+                released: 0,
+            }
+        });
+    }
+
+    /// Tracks opened since the last call.
+    pub fn take_started(&mut self) -> usize {
+        std::mem::take(&mut self.started)
     }
 
     fn end(&mut self, ended: &Ended) -> Release {
@@ -203,18 +217,22 @@ impl CameraTracks {
             .is_none_or(|h| h.best.needs_embedding(frame, face_px, threshold, &self.shot))
     }
 
-    /// Notes that `track`'s face was embedded in `frame`, with `feature`, and
-    /// returns the track it belongs to ([`Tracker::reassociate`]).
-    pub fn embedded(&mut self, track: u64, frame: u64, feature: &[f32]) -> u64 {
-        let id = self.tracker.reassociate(track, feature);
-        if id != track {
-            // The new track had no crop yet: its first embedding is this one.
+    /// Notes that `track`'s face was embedded in `frame`, with `feature`:
+    /// the track the face belongs to ([`Tracker::identify`]), and the crops
+    /// of tracks ended to make room for a new one.
+    pub fn embedded(&mut self, track: u64, frame: u64, feature: &[f32]) -> (u64, Vec<Release>) {
+        let identified = self.tracker.identify(track, feature);
+        let releases = identified.ended.iter().map(|e| self.end(e)).collect();
+        if self.tracker.get(track).is_none() {
+            // Folded into another track before it held a crop (its first embedding is this one).
             self.held.remove(&track);
         }
+        let id = identified.id;
+        self.start(id, self.seconds(frame));
         if let Some(h) = self.held.get_mut(&id) {
             h.best.embedded(frame);
         }
-        id
+        (id, releases)
     }
 
     /// Whether a passing crop of this norm would become `track`'s held crop.
@@ -276,6 +294,8 @@ mod tests {
         }
     }
 
+    const FRAME: [f32; 2] = [640.0, 480.0];
+
     fn face(x: f32) -> BoxXyxy {
         [x, 100.0, x + 60.0, 160.0]
     }
@@ -292,19 +312,19 @@ mod tests {
         let mut id = 0;
         for (frame, norm) in norms.iter().enumerate() {
             let frame = frame as u64;
-            let (assigned, started, releases) = tracks.observe(frame, &[face(100.0 + 5.0 * frame as f32)]);
-            assert_eq!(started, usize::from(frame == 0));
+            let (assigned, releases) = tracks.observe(frame, &[face(100.0 + 5.0 * frame as f32)], FRAME);
+            assert_eq!(tracks.take_started(), usize::from(frame == 0));
             assert!(releases.is_empty());
             id = assigned[0].unwrap();
             assert!(tracks.needs_embedding(id, frame, 60.0, 5.0));
-            assert_eq!(tracks.embedded(id, frame, &[1.0, 0.0]), id);
+            assert_eq!(tracks.embedded(id, frame, &[1.0, 0.0]).0, id);
             if tracks.improves(id, *norm) {
                 tracks.hold(id, crop(frame, *norm), 60.0);
             }
         }
         let mut out = Vec::new();
         for frame in 4..8 {
-            out.extend(tracks.observe(frame, &[]).2);
+            out.extend(tracks.observe(frame, &[], FRAME).1);
         }
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].track, id);
@@ -324,7 +344,7 @@ mod tests {
         let mut tracks = CameraTracks::new(&section, 5).unwrap().unwrap();
         let mut sent = Vec::new();
         for frame in 0..25u64 {
-            let (assigned, _, releases) = tracks.observe(frame, &[face(200.0)]);
+            let (assigned, releases) = tracks.observe(frame, &[face(200.0)], FRAME);
             sent.extend(releases);
             let id = assigned[0].unwrap();
             tracks.embedded(id, frame, &[1.0]);

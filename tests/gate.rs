@@ -148,14 +148,7 @@ fn test_stream() -> (Vec<u8>, Vec<String>) {
     let face = sample("astronaut.png");
     let mut frames = vec![("sharp face".to_string(), face.clone())];
     frames.extend(degraded(&face).into_iter().map(|(n, f)| (n.to_string(), f)));
-    for name in [
-        "brick.png",
-        "grass.png",
-        "gravel.png",
-        "coffee.png",
-        "rocket.jpg",
-        "hubble_deep_field.jpg",
-    ] {
+    for name in normgate::config::FACE_FREE_SAMPLES {
         frames.push((format!("non-face {name}"), sample(name)));
     }
     let names = frames.iter().map(|(n, _)| n.clone()).collect();

@@ -10,10 +10,15 @@
 //! detection leaves no lasting track); a confirmed track is lost while it
 //! misses and ends after more than `max_missed` frames without a match.
 //!
-//! A face that reappears where the filter did not expect it (a long occlusion,
-//! a turn) opens a new track. [`Tracker::reassociate`] folds that new track
-//! back into a lost one when their embedding directions agree, within the
-//! lost track's `max_missed` frames.
+//! A lost track whose predicted box is mostly outside the frame ends at once:
+//! its person left, and a newcomer at that edge must not inherit it.
+//!
+//! Embedding directions check what motion alone cannot ([`Tracker::identify`]):
+//! a face that reappears where the filter did not expect it (a long
+//! occlusion, a turn) opens a new track, which is folded back into the lost
+//! one when their directions agree, within the lost track's `max_missed`
+//! frames; and a match whose face's direction contradicts the track's (two
+//! people crossed) is undone, the face going to the track it agrees with.
 
 use alloc::vec::Vec;
 
@@ -37,8 +42,9 @@ pub struct TrackerConfig {
     /// Most open tracks; when full, the longest-lost track ends early to make
     /// room, and a detection without room stays untracked.
     pub max_tracks: usize,
-    /// Smallest cosine between embedding directions that folds a new track into
-    /// a lost one ([`Tracker::reassociate`]); above 1 disables it.
+    /// Cosine between embedding directions above which two faces are the same
+    /// person, below which a match is undone ([`Tracker::identify`]); above 1
+    /// disables both.
     pub reassociate_cosine: f32,
 }
 
@@ -104,6 +110,28 @@ pub struct Track {
     pub last_box: BoxXyxy,
     filter: BoxFilter,
     direction: Option<Vec<f32>>,
+    /// The track as it stood before this frame's match, so that a match the
+    /// face's direction contradicts can be undone ([`Tracker::identify`]).
+    before_match: Option<Snapshot>,
+}
+
+/// What a match changes in a track.
+#[derive(Debug, Clone)]
+struct Snapshot {
+    filter: BoxFilter,
+    missed: u32,
+    state: TrackState,
+    last_frame: u64,
+    last_box: BoxXyxy,
+}
+
+/// Whose face an embedded face is ([`Tracker::identify`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identified {
+    /// The track the face belongs to.
+    pub id: u64,
+    /// Tracks ended to make room for a new one.
+    pub ended: Vec<Ended>,
 }
 
 impl Track {
@@ -180,11 +208,13 @@ impl Tracker {
         self.tracks.iter().find(|t| t.id == id)
     }
 
-    /// Takes one frame's detections: predicts every track, matches, corrects,
-    /// opens tracks for unmatched detections and ends the tracks that missed
-    /// too often.
-    pub fn update(&mut self, frame: u64, detections: &[BoxXyxy]) -> FrameTracks {
+    /// Takes one frame's detections (the frame `bounds` wide and high):
+    /// predicts every track, matches, corrects, opens tracks for unmatched
+    /// detections, and ends the tracks that missed too often or whose face
+    /// left the frame (a lost track predicted less than half inside it).
+    pub fn update(&mut self, frame: u64, detections: &[BoxXyxy], bounds: [f32; 2]) -> FrameTracks {
         for t in &mut self.tracks {
+            t.before_match = None;
             t.filter.predict();
         }
         let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
@@ -207,6 +237,13 @@ impl Tracker {
             }
             matched[ti] = true;
             let t = &mut self.tracks[ti];
+            t.before_match = Some(Snapshot {
+                filter: t.filter.clone(),
+                missed: t.missed,
+                state: t.state,
+                last_frame: t.last_frame,
+                last_box: t.last_box,
+            });
             t.filter.correct(&detections[di]);
             t.hits += 1;
             t.missed = 0;
@@ -230,7 +267,7 @@ impl Tracker {
         self.tracks.retain(|t| {
             let over = match t.state {
                 TrackState::Tentative => t.missed > 0,
-                _ => t.missed > max_missed,
+                _ => t.missed > max_missed || (t.missed > 0 && !mostly_inside(&t.predicted_box(), bounds)),
             };
             if over {
                 ended.push(Ended::from(t));
@@ -275,46 +312,98 @@ impl Tracker {
             last_box: *detection,
             filter: BoxFilter::new(detection),
             direction: None,
+            before_match: None,
         });
         Some(id)
     }
 
-    /// Records the embedding direction of track `id`'s face in this frame and
-    /// returns the id the face belongs to: when this is the track's first
-    /// direction and a lost track's last one agrees (cosine at least
-    /// `reassociate_cosine`, the best such), the new track is folded into the
-    /// lost one, which continues from the new box and whose id is returned.
-    pub fn reassociate(&mut self, id: u64, direction: &[f32]) -> u64 {
-        let Some(index) = self.tracks.iter().position(|t| t.id == id) else {
-            return id;
-        };
-        let first = self.tracks[index].direction.is_none();
-        self.tracks[index].direction = Some(direction.to_vec());
-        if !first || self.config.reassociate_cosine > 1.0 {
-            return id;
-        }
-        let lost = self
-            .tracks
+    /// The lost track (not `except`) whose last direction agrees best with
+    /// `direction`, at least `reassociate_cosine`.
+    fn lost_like(&self, direction: &[f32], except: usize) -> Option<usize> {
+        self.tracks
             .iter()
             .enumerate()
-            .filter(|(i, t)| *i != index && t.missed > 0 && t.confirmed())
+            .filter(|(i, t)| *i != except && t.missed > 0 && t.confirmed())
             .filter_map(|(i, t)| Some((i, cosine(t.direction.as_deref()?, direction))))
             .filter(|&(_, c)| c >= self.config.reassociate_cosine)
-            .max_by(|a, b| a.1.total_cmp(&b.1));
-        let Some((into, _)) = lost else {
-            return id;
-        };
-        let new = self.tracks.swap_remove(index);
-        let into = if into == self.tracks.len() { index } else { into };
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(i, _)| i)
+    }
+
+    /// Moves the face that track `from` (at index `from`) was matched to in
+    /// this frame into the lost track at index `into`, which continues from
+    /// its box; returns the id of `into`.
+    fn take_over(&mut self, into: usize, face: BoxXyxy, frame: u64, hits: u32, direction: &[f32]) -> u64 {
         let t = &mut self.tracks[into];
-        t.filter = BoxFilter::new(&new.last_box);
-        t.hits += new.hits;
+        t.filter = BoxFilter::new(&face);
+        t.hits += hits;
         t.missed = 0;
-        t.last_frame = new.last_frame;
-        t.last_box = new.last_box;
+        t.last_frame = frame;
+        t.last_box = face;
         t.state = TrackState::Confirmed;
-        t.direction = new.direction;
+        t.direction = Some(direction.to_vec());
         t.id
+    }
+
+    /// Records the embedding direction of track `id`'s face in this frame and
+    /// says whose face it is:
+    /// - the track's first direction: when a lost track's last direction
+    ///   agrees (cosine at least `reassociate_cosine`), the new track is
+    ///   folded into that one, which continues from the new box;
+    /// - a direction that disagrees with the track's last one: the face is
+    ///   someone else's (two people crossed, or one left and another came
+    ///   in where the filter expected the first), so the track's match of
+    ///   this frame is undone and the face goes to the lost track it agrees
+    ///   with, or to a new track.
+    ///
+    /// Directions agree above `reassociate_cosine`; above 1 disables both.
+    pub fn identify(&mut self, id: u64, direction: &[f32]) -> Identified {
+        let mut out = Identified { id, ended: Vec::new() };
+        let Some(index) = self.tracks.iter().position(|t| t.id == id) else {
+            return out;
+        };
+        let threshold = self.config.reassociate_cosine;
+        let t = &mut self.tracks[index];
+        let previous = t.direction.replace(direction.to_vec());
+        if threshold > 1.0 {
+            return out;
+        }
+        let (face, frame) = (t.last_box, t.last_frame);
+        match previous {
+            None => {
+                if let Some(into) = self.lost_like(direction, index) {
+                    let new = self.tracks.swap_remove(index);
+                    let into = if into == self.tracks.len() { index } else { into };
+                    out.id = self.take_over(into, face, frame, new.hits, direction);
+                }
+            }
+            Some(previous) if cosine(&previous, direction) < threshold => {
+                let Some(before) = t.before_match.take() else {
+                    // Not matched in this frame: nothing to undo.
+                    t.direction = Some(previous);
+                    return out;
+                };
+                t.filter = before.filter;
+                t.hits -= 1;
+                t.missed = before.missed + 1;
+                t.state = if before.state == TrackState::Tentative {
+                    TrackState::Tentative
+                } else {
+                    TrackState::Lost
+                };
+                t.last_frame = before.last_frame;
+                t.last_box = before.last_box;
+                t.direction = Some(previous);
+                out.id = match self.lost_like(direction, index) {
+                    Some(into) => self.take_over(into, face, frame, 1, direction),
+                    // A new track without a direction: its next embedding
+                    // may fold it into a track that is matched elsewhere now.
+                    None => self.open(frame, &face, &mut out.ended).unwrap_or(id),
+                };
+            }
+            Some(_) => {}
+        }
+        out
     }
 
     /// Ends every open track (the source ended), oldest first.
@@ -323,6 +412,13 @@ impl Tracker {
         ended.sort_unstable_by_key(|e| e.id);
         ended
     }
+}
+
+/// Whether at least half of `b`'s area lies inside a frame of `bounds`.
+fn mostly_inside(b: &BoxXyxy, bounds: [f32; 2]) -> bool {
+    let inside = [b[0].max(0.0), b[1].max(0.0), b[2].min(bounds[0]), b[3].min(bounds[1])];
+    let area = |r: &BoxXyxy| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
+    area(&inside) * 2.0 >= area(b)
 }
 
 /// Intersection over union of two boxes; 0 when either is empty.
@@ -364,8 +460,8 @@ impl BoxFilter {
         x.fixed_rows_mut::<4>(0).copy_from(&z);
         let mut p = Covariance::zeros();
         for i in 0..4 {
-            p[(i, i)] = (2.0 * POSITION_NOISE * h).powi(2);
-            p[(i + 4, i + 4)] = (10.0 * VELOCITY_NOISE * h).powi(2);
+            p[(i, i)] = squared(2.0 * POSITION_NOISE * h);
+            p[(i + 4, i + 4)] = squared(10.0 * VELOCITY_NOISE * h);
         }
         Self { x, p }
     }
@@ -383,8 +479,8 @@ impl BoxFilter {
         let h = self.x[3].max(1.0);
         let mut q = Covariance::zeros();
         for i in 0..4 {
-            q[(i, i)] = (POSITION_NOISE * h).powi(2);
-            q[(i + 4, i + 4)] = (VELOCITY_NOISE * h).powi(2);
+            q[(i, i)] = squared(POSITION_NOISE * h);
+            q[(i + 4, i + 4)] = squared(VELOCITY_NOISE * h);
         }
         self.x = f * self.x;
         // A box never shrinks below a pixel, however fast it was shrinking.
@@ -399,7 +495,7 @@ impl BoxFilter {
         for i in 0..4 {
             hm[(i, i)] = 1.0;
         }
-        let r = SMatrix::<f32, 4, 4>::from_diagonal_element((POSITION_NOISE * z[3].max(1.0)).powi(2));
+        let r = SMatrix::<f32, 4, 4>::from_diagonal_element(squared(POSITION_NOISE * z[3].max(1.0)));
         let s = hm * self.p * hm.transpose() + r;
         let Some(s_inv) = s.try_inverse() else {
             *self = Self::new(b);
@@ -414,6 +510,10 @@ impl BoxFilter {
         let (cx, cy, w, h) = (self.x[0], self.x[1], self.x[2], self.x[3]);
         [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0]
     }
+}
+
+fn squared(x: f32) -> f32 {
+    x * x
 }
 
 fn measurement(b: &BoxXyxy) -> SVector<f32, 4> {
@@ -435,6 +535,8 @@ mod tests {
         [cx - side / 2.0, cy - side / 2.0, cx + side / 2.0, cy + side / 2.0]
     }
 
+    const FRAME: [f32; 2] = [640.0, 480.0];
+
     fn tracker() -> Tracker {
         Tracker::new(TrackerConfig::default()).unwrap()
     }
@@ -444,17 +546,17 @@ mod tests {
         let mut t = tracker();
         let mut ids = Vec::new();
         for frame in 0..30 {
-            let update = t.update(frame, &[face_at(50.0 + 12.0 * frame as f32, 200.0, 60.0)]);
+            let update = t.update(frame, &[face_at(50.0 + 12.0 * frame as f32, 200.0, 60.0)], FRAME);
             assert!(update.ended.is_empty());
             ids.push(update.assigned[0].unwrap());
         }
         assert!(ids.iter().all(|&id| id == ids[0]));
         assert_eq!(t.get(ids[0]).unwrap().state, TrackState::Confirmed);
         for frame in 30..40 {
-            assert!(t.update(frame, &[]).ended.is_empty());
+            assert!(t.update(frame, &[], FRAME).ended.is_empty());
             assert_eq!(t.get(ids[0]).unwrap().state, TrackState::Lost);
         }
-        let ended = t.update(40, &[]).ended;
+        let ended = t.update(40, &[], FRAME).ended;
         assert_eq!(
             ended,
             vec![Ended {
@@ -475,22 +577,22 @@ mod tests {
         let mut first = None;
         for frame in 0..10u64 {
             let id = t
-                .update(frame, &[face_at(40.0 + 25.0 * frame as f32, 100.0, 40.0)])
+                .update(frame, &[face_at(40.0 + 25.0 * frame as f32, 100.0, 40.0)], FRAME)
                 .assigned[0];
             first = first.or(id);
         }
         for frame in 10..15u64 {
-            t.update(frame, &[]);
+            t.update(frame, &[], FRAME);
         }
-        let back = t.update(15, &[face_at(40.0 + 25.0 * 15.0, 100.0, 40.0)]);
+        let back = t.update(15, &[face_at(40.0 + 25.0 * 15.0, 100.0, 40.0)], FRAME);
         assert_eq!(back.assigned[0], first);
     }
 
     #[test]
     fn a_single_false_detection_ends_unconfirmed_at_its_first_miss() {
         let mut t = tracker();
-        let id = t.update(0, &[face_at(100.0, 100.0, 30.0)]).assigned[0].unwrap();
-        let ended = t.update(1, &[]).ended;
+        let id = t.update(0, &[face_at(100.0, 100.0, 30.0)], FRAME).assigned[0].unwrap();
+        let ended = t.update(1, &[], FRAME).ended;
         assert_eq!(ended.len(), 1);
         assert_eq!(ended[0].id, id);
         assert!(!ended[0].confirmed);
@@ -503,7 +605,7 @@ mod tests {
         for frame in 0..40u64 {
             let x = 100.0 + 8.0 * frame as f32;
             let a = t
-                .update(frame, &[face_at(x + 70.0, 240.0, 64.0), face_at(x, 240.0, 64.0)])
+                .update(frame, &[face_at(x + 70.0, 240.0, 64.0), face_at(x, 240.0, 64.0)], FRAME)
                 .assigned;
             right.push(a[0].unwrap());
             left.push(a[1].unwrap());
@@ -526,11 +628,11 @@ mod tests {
                 face_at(600.0 - 11.0 * f, 210.0, 60.0),
             );
             if iou(&a, &b) > 0.3 {
-                let id = t.update(frame, &[a]).assigned[0];
+                let id = t.update(frame, &[a], FRAME).assigned[0];
                 a_ids.push(id.unwrap());
                 continue;
             }
-            let assigned = t.update(frame, &[a, b]).assigned;
+            let assigned = t.update(frame, &[a, b], FRAME).assigned;
             a_ids.push(assigned[0].unwrap());
             b_ids.push(assigned[1].unwrap());
         }
@@ -556,7 +658,7 @@ mod tests {
                 let y = -40.0 + 10.0 * (f - 50.0);
                 boxes.push([300.0, y.max(0.0), 360.0, y + 60.0]);
             }
-            let update = t.update(frame, &boxes);
+            let update = t.update(frame, &boxes, FRAME);
             seen.extend(update.assigned.iter().flatten().copied());
             ended.extend(update.ended);
         }
@@ -573,18 +675,18 @@ mod tests {
         let mut t = tracker();
         let me = [1.0, 0.0, 0.0];
         let someone_else = [0.0, 1.0, 0.0];
-        let id = t.update(0, &[face_at(100.0, 100.0, 50.0)]).assigned[0].unwrap();
-        t.update(1, &[face_at(100.0, 100.0, 50.0)]);
-        assert_eq!(t.reassociate(id, &me), id);
-        t.update(2, &[]);
+        let id = t.update(0, &[face_at(100.0, 100.0, 50.0)], FRAME).assigned[0].unwrap();
+        t.update(1, &[face_at(100.0, 100.0, 50.0)], FRAME);
+        assert_eq!(t.identify(id, &me).id, id);
+        t.update(2, &[], FRAME);
         // Someone else appears elsewhere: not folded in.
-        let other = t.update(3, &[face_at(400.0, 300.0, 50.0)]).assigned[0].unwrap();
-        assert_eq!(t.reassociate(other, &someone_else), other);
+        let other = t.update(3, &[face_at(400.0, 300.0, 50.0)], FRAME).assigned[0].unwrap();
+        assert_eq!(t.identify(other, &someone_else).id, other);
         // The same person turns up far from where they were: folded in.
-        let update = t.update(4, &[face_at(400.0, 300.0, 50.0), face_at(500.0, 100.0, 50.0)]);
+        let update = t.update(4, &[face_at(400.0, 300.0, 50.0), face_at(500.0, 100.0, 50.0)], FRAME);
         let back = update.assigned[1].unwrap();
         assert_ne!(back, id);
-        assert_eq!(t.reassociate(back, &[0.9, 0.1, 0.0]), id);
+        assert_eq!(t.identify(back, &[0.9, 0.1, 0.0]).id, id);
         assert!(t.get(back).is_none());
         let track = t.get(id).unwrap();
         assert_eq!(
@@ -592,7 +694,59 @@ mod tests {
             (TrackState::Confirmed, 0, 4)
         );
         // Matched by overlap from there on.
-        assert_eq!(t.update(5, &[face_at(500.0, 100.0, 50.0)]).assigned[0], Some(id));
+        assert_eq!(t.update(5, &[face_at(500.0, 100.0, 50.0)], FRAME).assigned[0], Some(id));
+    }
+
+    #[test]
+    fn a_newcomer_where_someone_left_the_frame_gets_a_track_of_their_own() {
+        // Someone walks out to the right; a few frames later someone else
+        // walks in at that edge, where the first one's filter would be.
+        let mut t = tracker();
+        let mut ended = Vec::new();
+        let mut leaver = None;
+        for frame in 0..12u64 {
+            let x = 400.0 + 20.0 * frame as f32;
+            let boxes: Vec<BoxXyxy> = [[x, 200.0, (x + 60.0).min(640.0), 260.0]]
+                .into_iter()
+                .filter(|b| b[2] - b[0] > 20.0)
+                .collect();
+            let update = t.update(frame, &boxes, FRAME);
+            leaver = leaver.or(update.assigned.first().copied().flatten());
+            ended.extend(update.ended);
+        }
+        assert_eq!(ended.iter().map(|e| e.id).collect::<Vec<_>>(), vec![leaver.unwrap()]);
+        let newcomer = t.update(12, &[[590.0, 200.0, 640.0, 260.0]], FRAME).assigned[0];
+        assert_ne!(newcomer, leaver);
+    }
+
+    #[test]
+    fn a_match_the_faces_direction_contradicts_is_undone() {
+        let (a_dir, b_dir) = ([1.0, 0.0], [0.0, 1.0]);
+        let mut t = tracker();
+        // Two people a little apart, standing still, each embedded.
+        let (a_box, b_box) = (face_at(200.0, 200.0, 80.0), face_at(260.0, 200.0, 80.0));
+        let mut ids = [0u64; 2];
+        for frame in 0..3 {
+            let assigned = t.update(frame, &[a_box, b_box], FRAME).assigned;
+            ids = [assigned[0].unwrap(), assigned[1].unwrap()];
+            assert_eq!(t.identify(ids[0], &a_dir).id, ids[0]);
+            assert_eq!(t.identify(ids[1], &b_dir).id, ids[1]);
+        }
+        // They swap places in one frame: overlap alone hands each track the other's face.
+        let assigned = t.update(3, &[a_box, b_box], FRAME).assigned;
+        assert_eq!(assigned, [Some(ids[0]), Some(ids[1])]);
+        // B's face in A's track: A's match is undone, B's face gets a new track for now.
+        let first = t.identify(ids[0], &b_dir).id;
+        assert!(!ids.contains(&first));
+        // A's face in B's track: undone too, and back to A, which lost its match.
+        assert_eq!(t.identify(ids[1], &a_dir).id, ids[0]);
+        assert_eq!(t.get(ids[0]).unwrap().last_box, b_box);
+        // Next frame the new track's first embedding folds it into B.
+        let assigned = t.update(4, &[a_box, b_box], FRAME).assigned;
+        assert_eq!(assigned, [Some(first), Some(ids[0])]);
+        assert_eq!(t.identify(first, &b_dir).id, ids[1]);
+        assert_eq!(t.identify(ids[0], &a_dir).id, ids[0]);
+        assert!(t.get(first).is_none());
     }
 
     #[test]
@@ -604,10 +758,10 @@ mod tests {
         };
         let mut t = Tracker::new(config).unwrap();
         let a = t
-            .update(0, &[face_at(100.0, 100.0, 40.0), face_at(300.0, 100.0, 40.0)])
+            .update(0, &[face_at(100.0, 100.0, 40.0), face_at(300.0, 100.0, 40.0)], FRAME)
             .assigned;
-        t.update(1, &[face_at(300.0, 100.0, 40.0)]);
-        let update = t.update(2, &[face_at(300.0, 100.0, 40.0), face_at(500.0, 300.0, 40.0)]);
+        t.update(1, &[face_at(300.0, 100.0, 40.0)], FRAME);
+        let update = t.update(2, &[face_at(300.0, 100.0, 40.0), face_at(500.0, 300.0, 40.0)], FRAME);
         assert_eq!(
             update.ended.iter().map(|e| e.id).collect::<Vec<_>>(),
             vec![a[0].unwrap()]
@@ -621,6 +775,7 @@ mod tests {
                 face_at(500.0, 300.0, 40.0),
                 face_at(100.0, 400.0, 40.0),
             ],
+            FRAME,
         );
         assert_eq!(update.assigned[2], None);
         assert_eq!(t.tracks().len(), 2);
@@ -674,7 +829,7 @@ mod tests {
             let mut seen = Vec::new();
             for (frame, faces) in frames.iter().enumerate() {
                 let boxes: Vec<BoxXyxy> = faces.iter().map(|&(x, y, s)| [x, y, x + s, y + s]).collect();
-                let update = t.update(frame as u64, &boxes);
+                let update = t.update(frame as u64, &boxes, FRAME);
                 prop_assert_eq!(update.assigned.len(), boxes.len());
                 let mut ids: Vec<u64> = update.assigned.iter().flatten().copied().collect();
                 let n = ids.len();

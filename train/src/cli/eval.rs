@@ -30,6 +30,7 @@ pub(crate) fn run(what: EvalCommand) -> Result<()> {
         }),
         EvalCommand::Detector(args) => detector(args),
         EvalCommand::Heldout(args) => heldout(args),
+        EvalCommand::Walkby(args) => walkby(args),
         EvalCommand::Lfw { on, flip, json } => Model::parse(&on.model, on.card).and_then(|m| {
             let r = embedder::lfw(&m, &on.data, &on.cache, flip)?;
             print_report(json, &r, |r| {
@@ -135,8 +136,47 @@ pub(crate) struct EvalHeldoutArgs {
     json: bool,
 }
 
+/// `eval walkby`'s arguments.
+#[derive(clap::Args, Debug)]
+pub(crate) struct EvalWalkbyArgs {
+    /// Where the walk-by's frames and truth and each policy's run go (made
+    /// once per seed and size, then reused).
+    #[arg(long, default_value = "walkby")]
+    dir: PathBuf,
+    /// People who walk by.
+    #[arg(long, default_value_t = 40)]
+    people: usize,
+    /// Seed of the walk-by.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The device's detector (default: the embedded one).
+    #[arg(long)]
+    detector: Option<PathBuf>,
+    /// The device's landmark refiner (default: the embedded one; `none`: the detector's landmarks).
+    #[arg(long)]
+    refiner: Option<PathBuf>,
+    /// The device's backbone .onnx (default: the embedded one).
+    #[arg(long)]
+    backbone: Option<PathBuf>,
+    /// The project's samples (the backgrounds).
+    #[arg(long, default_value = "samples")]
+    samples: PathBuf,
+    #[command(flatten)]
+    teacher: super::TeacherArgs,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand, Debug)]
 pub(crate) enum EvalCommand {
+    /// The device's runs over a synthetic walk-by of people no training saw
+    /// (LFW's held-out people on face-free backgrounds), with crops sent per
+    /// frame and per track: uploads per person, people with an upload,
+    /// identity switches, embeddings per frame, and the sent crops' worth to
+    /// the server (the teacher against each person's gallery) beside a random
+    /// passing frame of the same track.
+    Walkby(EvalWalkbyArgs),
     /// The device's whole chain beside the teacher's on the held-out split
     /// (CelebA's held-out people, LFW's pairs without Glint24's people):
     /// the server's failures removed by dropping pairs on each chain's norm,
@@ -230,6 +270,57 @@ fn heldout(args: EvalHeldoutArgs) -> Result<()> {
                 )
             })
             .collect();
+        lines.join("\n")
+    })
+}
+
+fn walkby(args: EvalWalkbyArgs) -> Result<()> {
+    let mut models = normgate::config::ModelsSection::default();
+    models.detector = args.detector.unwrap_or(models.detector);
+    models.refiner = args.refiner.unwrap_or(models.refiner);
+    models.embedder = args.backbone.unwrap_or(models.embedder);
+    let teacher = Model::Onnx(
+        args.teacher.models.join("mobilefacenet_foamliu_fp32.onnx"),
+        args.teacher.cards.join("mobilefacenet.toml"),
+    );
+    let inputs = normgate_train::eval::walkby::Inputs {
+        data: args.teacher.data,
+        samples: args.samples,
+        cache: args.teacher.out,
+        out: args.dir,
+        people: args.people,
+        seed: args.seed,
+        models,
+        teacher,
+    };
+    let r = normgate_train::eval::walkby::evaluate(&inputs)?;
+    print_report(args.json, &r, |r| {
+        let mut lines = vec![format!(
+            "{} people ({} in view 2 s or less), {} frames at {} fps; teacher threshold {:.3}",
+            r.people, r.people_short, r.frames, r.fps, r.teacher_threshold
+        )];
+        for p in &r.policies {
+            lines.push(format!(
+                "{}: {} uploads, {:.2} per person ({:.2} in view <= 2 s, {:.2} longer), recall {:.3}, {} of nobody, identity switches {}/{} tracks, {:.2} embeds per frame, {:.1} frames/s, sent verified {:.3} (mean cosine {:.3}){}",
+                p.policy,
+                p.uploads,
+                p.uploads_per_person,
+                p.uploads_per_person_short,
+                p.uploads_per_person_long,
+                p.person_recall,
+                p.uploads_of_nobody,
+                p.identity_switches,
+                p.tracks,
+                p.embeds_per_frame,
+                p.frames_per_s,
+                p.sent.verified,
+                p.sent.mean_cosine,
+                p.random_passing_frame.as_ref().map_or(String::new(), |w| format!(
+                    ", a random passing frame of the track verified {:.3} (mean cosine {:.3})",
+                    w.verified, w.mean_cosine
+                ))
+            ));
+        }
         lines.join("\n")
     })
 }

@@ -107,6 +107,12 @@ impl HeldOut {
         pair.images.iter().all(|i| !self.glint24_people.contains(lfw_person(i)))
     }
 
+    /// Whether an LFW person is held out and was never seen by any training
+    /// (not one of Glint24's people).
+    pub fn unseen_lfw(&self, name: &str) -> bool {
+        self.lfw(name) && !self.glint24_people.contains(name)
+    }
+
     /// The split's size.
     pub fn summary(&self) -> SplitSummary {
         SplitSummary {
