@@ -319,7 +319,7 @@ impl CameraPipeline {
                 let feature = features.next().unwrap_or_default();
                 record.norm = l2_norm(&feature);
                 if let (Some(id), Some(t)) = (tracks[index], &mut self.tracks) {
-                    let (id, ended) = t.embedded(id, frame.index, &feature);
+                    let (id, ended) = t.embedded(id, frame.index, &feature, record.norm >= threshold);
                     tracks[index] = Some(id);
                     record.track = Some(id);
                     releases.extend(ended);

@@ -218,9 +218,17 @@ impl CameraTracks {
     }
 
     /// Notes that `track`'s face was embedded in `frame`, with `feature`:
-    /// the track the face belongs to ([`Tracker::identify`]), and the crops
+    /// the track the face belongs to ([`Tracker::identify`]; only a feature
+    /// whose norm reached the gate's threshold is trusted to say whose face
+    /// it is, as a dark or blurred crop's direction is noise), and the crops
     /// of tracks ended to make room for a new one.
-    pub fn embedded(&mut self, track: u64, frame: u64, feature: &[f32]) -> (u64, Vec<Release>) {
+    pub fn embedded(&mut self, track: u64, frame: u64, feature: &[f32], trusted: bool) -> (u64, Vec<Release>) {
+        if !trusted {
+            if let Some(h) = self.held.get_mut(&track) {
+                h.best.embedded(frame);
+            }
+            return (track, Vec::new());
+        }
         let identified = self.tracker.identify(track, feature);
         let releases = identified.ended.iter().map(|e| self.end(e)).collect();
         if self.tracker.get(track).is_none() {
@@ -317,7 +325,7 @@ mod tests {
             assert!(releases.is_empty());
             id = assigned[0].unwrap();
             assert!(tracks.needs_embedding(id, frame, 60.0, 5.0));
-            assert_eq!(tracks.embedded(id, frame, &[1.0, 0.0]).0, id);
+            assert_eq!(tracks.embedded(id, frame, &[1.0, 0.0], true).0, id);
             if tracks.improves(id, *norm) {
                 tracks.hold(id, crop(frame, *norm), 60.0);
             }
@@ -347,7 +355,7 @@ mod tests {
             let (assigned, releases) = tracks.observe(frame, &[face(200.0)], FRAME);
             sent.extend(releases);
             let id = assigned[0].unwrap();
-            tracks.embedded(id, frame, &[1.0]);
+            tracks.embedded(id, frame, &[1.0], true);
             tracks.hold(id, crop(frame, 6.0 + (frame % 10) as f32 / 10.0), 60.0);
         }
         // Windows of 10 frames close at frames 10 and 20; the end sends frames 20-24's best.
@@ -356,6 +364,22 @@ mod tests {
         let last = tracks.finish();
         assert_eq!(last[0].crop.as_ref().unwrap().record.frame, 24);
         assert_eq!(last[0].ended_after, Some(3));
+    }
+
+    #[test]
+    fn only_a_trusted_direction_can_take_a_face_from_its_track() {
+        let mut tracks = CameraTracks::new(&TrackingSection::default(), 15).unwrap().unwrap();
+        let id = tracks.observe(0, &[face(100.0)], FRAME).0[0].unwrap();
+        assert_eq!(tracks.embedded(id, 0, &[1.0, 0.0], true).0, id);
+        // A dark frame's direction disagrees, but its norm says it is noise.
+        let again = tracks.observe(1, &[face(100.0)], FRAME).0[0].unwrap();
+        assert_eq!(tracks.embedded(again, 1, &[0.0, 1.0], false).0, id);
+        // A good crop that disagrees is someone else.
+        let again = tracks.observe(2, &[face(100.0)], FRAME).0[0].unwrap();
+        let (other, ended) = tracks.embedded(again, 2, &[0.0, 1.0], true);
+        assert_ne!(other, id);
+        assert!(ended.is_empty());
+        assert_eq!(tracks.take_started(), 2);
     }
 
     #[test]
