@@ -41,11 +41,12 @@ pub struct TrackingSection {
     pub max_missed: u32,
     /// Most open tracks per camera (one held crop each).
     pub max_tracks: usize,
-    /// Cosine of embedding directions above which two faces are the same
-    /// person: a face that reappeared away from its lost track rejoins it, and
-    /// a face whose direction contradicts its track's leaves it (people who
-    /// crossed); above 1 disables both.
+    /// Cosine of embedding directions at which two faces are the same person:
+    /// a face that reappeared away from its lost track rejoins it; above 1 disables it.
     pub reassociate_cosine: f32,
+    /// Cosine below which a good crop's direction says it is not its track's
+    /// person (people who crossed) and leaves the track; -1 disables it.
+    pub split_cosine: f32,
     /// A person who stays sends the best crop of each window of this many
     /// seconds (frame numbers over the camera's `capture.fps`); 0: only at the end.
     pub window_s: f32,
@@ -68,6 +69,7 @@ impl Default for TrackingSection {
             max_missed: track.max_missed,
             max_tracks: track.max_tracks,
             reassociate_cosine: track.reassociate_cosine,
+            split_cosine: track.split_cosine,
             window_s: shot.window_s,
             skip_margin: shot.skip_margin,
             embed_every: shot.embed_every,
@@ -84,6 +86,7 @@ impl TrackingSection {
             max_missed: self.max_missed,
             max_tracks: self.max_tracks,
             reassociate_cosine: self.reassociate_cosine,
+            split_cosine: self.split_cosine,
         }
     }
 

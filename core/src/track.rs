@@ -42,10 +42,14 @@ pub struct TrackerConfig {
     /// Most open tracks; when full, the longest-lost track ends early to make
     /// room, and a detection without room stays untracked.
     pub max_tracks: usize,
-    /// Cosine between embedding directions above which two faces are the same
-    /// person, below which a match is undone ([`Tracker::identify`]); above 1
-    /// disables both.
+    /// Cosine between embedding directions at or above which a new track is
+    /// the same person as a lost one ([`Tracker::identify`]); above 1 disables it.
     pub reassociate_cosine: f32,
+    /// Cosine below which a face's direction contradicts its track's and the
+    /// match is undone ([`Tracker::identify`]); -1 disables it. Lower than
+    /// `reassociate_cosine`: the same face moved, blurred or turned still
+    /// agrees more than two people do.
+    pub split_cosine: f32,
 }
 
 impl Default for TrackerConfig {
@@ -56,6 +60,7 @@ impl Default for TrackerConfig {
             max_missed: 10,
             max_tracks: 32,
             reassociate_cosine: 0.6,
+            split_cosine: 0.3,
         }
     }
 }
@@ -75,6 +80,9 @@ impl TrackerConfig {
         }
         if !(self.reassociate_cosine.is_finite() && self.reassociate_cosine > -1.0) {
             return bad("reassociate_cosine", "must be finite and above -1");
+        }
+        if !(self.split_cosine.is_finite() && self.split_cosine <= self.reassociate_cosine.min(1.0)) {
+            return bad("split_cosine", "must be finite and at most reassociate_cosine (and 1)");
         }
         Ok(())
     }
@@ -350,26 +358,24 @@ impl Tracker {
     /// - the track's first direction: when a lost track's last direction
     ///   agrees (cosine at least `reassociate_cosine`), the new track is
     ///   folded into that one, which continues from the new box;
-    /// - a direction that disagrees with the track's last one: the face is
+    /// - a direction that contradicts the track's last one: the face is
     ///   someone else's (two people crossed, or one left and another came
     ///   in where the filter expected the first), so the track's match of
     ///   this frame is undone and the face goes to the lost track it agrees
     ///   with, or to a new track.
     ///
-    /// Directions agree above `reassociate_cosine`; above 1 disables both.
+    /// Directions agree at `reassociate_cosine` and contradict below `split_cosine`.
     pub fn identify(&mut self, id: u64, direction: &[f32]) -> Identified {
         let mut out = Identified { id, ended: Vec::new() };
         let Some(index) = self.tracks.iter().position(|t| t.id == id) else {
             return out;
         };
-        let threshold = self.config.reassociate_cosine;
+        let (agree, contradict) = (self.config.reassociate_cosine, self.config.split_cosine);
         let t = &mut self.tracks[index];
         let previous = t.direction.replace(direction.to_vec());
-        if threshold > 1.0 {
-            return out;
-        }
         let (face, frame) = (t.last_box, t.last_frame);
         match previous {
+            None if agree > 1.0 => {}
             None => {
                 if let Some(into) = self.lost_like(direction, index) {
                     let new = self.tracks.swap_remove(index);
@@ -377,7 +383,7 @@ impl Tracker {
                     out.id = self.take_over(into, face, frame, new.hits, direction);
                 }
             }
-            Some(previous) if cosine(&previous, direction) < threshold => {
+            Some(previous) if cosine(&previous, direction) < contradict => {
                 let Some(before) = t.before_match.take() else {
                     // Not matched in this frame: nothing to undo.
                     t.direction = Some(previous);
@@ -811,6 +817,13 @@ mod tests {
                     ..TrackerConfig::default()
                 },
                 "reassociate_cosine",
+            ),
+            (
+                TrackerConfig {
+                    split_cosine: 0.9,
+                    ..TrackerConfig::default()
+                },
+                "split_cosine",
             ),
         ] {
             assert!(matches!(Tracker::new(config), Err(Error::InvalidParameter { name: n, .. }) if n == name));
