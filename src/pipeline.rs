@@ -13,6 +13,8 @@ use anyhow::{Context, Result};
 use image::RgbImage;
 use normgate_core::gate::{Candidate, Gate, GateConfig, Reason};
 use normgate_core::norm::l2_norm;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 use crate::card::{check_model, ModelCard};
 use crate::config::ModelsSection;
@@ -130,21 +132,9 @@ impl CameraPipeline {
         }
     }
 
-    fn count_drop(&self, reason: &str) {
-        self.shared
-            .metrics
-            .dropped
-            .get_or_create(&DropLabel {
-                camera: self.id.clone(),
-                reason: reason.into(),
-            })
-            .inc();
-    }
-
-    fn count_tracked(&self, reason: &str) {
-        self.shared
-            .metrics
-            .tracked_faces
+    /// Counts a face under `reason` in a per-camera, per-reason family.
+    fn count_reason(&self, family: &Family<DropLabel, Counter>, reason: &str) {
+        family
             .get_or_create(&DropLabel {
                 camera: self.id.clone(),
                 reason: reason.into(),
@@ -207,14 +197,11 @@ impl CameraPipeline {
         let Some(crop) = release.crop else {
             return;
         };
+        let mut crop = crop;
+        crop.record.pass = true;
+        crop.record.reason = "best_of_track".into();
+        crop.record.track_frames = Some(release.frames);
         let mut record = crop.record.clone();
-        record.pass = true;
-        record.reason = "best_of_track".into();
-        record.track_frames = Some(release.frames);
-        let crop = Crop {
-            record: record.clone(),
-            jpeg: crop.jpeg,
-        };
         self.deliver(&crop, &mut record);
         self.count_outcome(&record);
         records.push(record);
@@ -224,9 +211,9 @@ impl CameraPipeline {
         if record.pass {
             self.shared.metrics.passed.get_or_create(&self.label()).inc();
         } else if TRACKED_REASONS.contains(&record.reason.as_str()) {
-            self.count_tracked(&record.reason);
+            self.count_reason(&self.shared.metrics.tracked_faces, &record.reason);
         } else {
-            self.count_drop(&record.reason);
+            self.count_reason(&self.shared.metrics.dropped, &record.reason);
         }
     }
 
