@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 use crate::camera::CaptureSettings;
 use crate::detector::DetectParams;
 use crate::embedded;
+use crate::retention::Rule;
+use crate::sink::budget::BudgetSettings;
 use crate::sink::queue::{Limits, WhenFull};
+use crate::sink::tls::{TlsFiles, Trust};
 use crate::sink::upload::{Method, UploadSettings};
 use crate::source::SourceSpec;
 use crate::tracking::TrackingSection;
@@ -34,6 +37,8 @@ pub struct Config {
     pub sink: SinkSection,
     /// Where a sample of the dropped crops is kept for inspection.
     pub audit: Option<AuditSection>,
+    /// How long face crops stay on disk.
+    pub retention: RetentionSection,
     /// The Prometheus endpoint.
     pub metrics: MetricsSection,
     /// The decision log.
@@ -113,6 +118,59 @@ pub struct AuditSection {
     pub dir: PathBuf,
     /// Share of dropped crops kept, in (0, 1].
     pub sample_rate: f32,
+}
+
+/// `[retention]`: how long and how much of the face crops the device keeps
+/// on disk (biometric data: keep no more than you need). It applies to each
+/// spool directory, the audit samples and each queue's `rejected/`; the
+/// upload queue has its own bounds (`[sink.upload]`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSection {
+    /// Crops older than this are removed, days; 0: no age limit.
+    pub days: f32,
+    /// Most megabytes in each spool directory (oldest removed first); 0: no cap.
+    pub spool_mb: f32,
+    /// Most megabytes of audit samples; 0: no cap.
+    pub audit_mb: f32,
+    /// Most megabytes in each queue's `rejected/`; 0: no cap.
+    pub rejected_mb: f32,
+    /// Seconds between sweeps (one runs at start).
+    pub sweep_every_s: f32,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        Self {
+            days: 30.0,
+            spool_mb: 1000.0,
+            audit_mb: 200.0,
+            rejected_mb: 100.0,
+            sweep_every_s: 600.0,
+        }
+    }
+}
+
+impl RetentionSection {
+    /// Checks value ranges.
+    pub fn validate(&self) -> Result<()> {
+        let limits = [self.days, self.spool_mb, self.audit_mb, self.rejected_mb];
+        if !limits.iter().all(|v| v.is_finite() && *v >= 0.0) {
+            bail!("days, spool_mb, audit_mb and rejected_mb must be positive, or 0 for no limit");
+        }
+        if !(self.sweep_every_s.is_finite() && self.sweep_every_s > 0.0) {
+            bail!("sweep_every_s must be positive");
+        }
+        Ok(())
+    }
+
+    /// The rule of a store whose cap is `mb`.
+    pub fn rule(&self, mb: f32) -> Rule {
+        Rule {
+            max_age: (self.days > 0.0).then(|| Duration::from_secs_f64(f64::from(self.days) * 86_400.0)),
+            max_bytes: (mb > 0.0).then(|| (f64::from(mb) * 1e6) as u64),
+        }
+    }
 }
 
 /// `[metrics]`: the Prometheus endpoint.
@@ -288,6 +346,25 @@ pub struct UploadSection {
     /// (what is left stays queued for the next run), seconds.
     #[serde(default = "default_drain")]
     pub drain_timeout_s: f32,
+    /// Roots that vouch for the server: `bundled` (Mozilla's, the default),
+    /// `system` (the OS store) or `file` (`ca_file`, the default when it is set).
+    pub trust: Option<Trust>,
+    /// PEM bundle of the CAs to trust (a fleet's private CA).
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain for servers that require mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
+    /// HTTP CONNECT proxy, `http://host:port`; unset: `HTTPS_PROXY` (or
+    /// `ALL_PROXY`, `HTTP_PROXY`) and `NO_PROXY` from the environment.
+    pub proxy: Option<String>,
+    /// Most kilobits per second sent on average (bursts of at most one
+    /// second of it); 0: no limit.
+    #[serde(default)]
+    pub max_kbps: f32,
+    /// Most megabytes sent per UTC day; 0: no cap. What waits stays queued.
+    #[serde(default)]
+    pub daily_mb: f32,
 }
 
 fn default_method() -> Method {
@@ -337,6 +414,23 @@ impl UploadSection {
             retry_initial_s: default_retry_initial(),
             retry_max_s: default_retry_max(),
             drain_timeout_s: default_drain(),
+            trust: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            proxy: None,
+            max_kbps: 0.0,
+            daily_mb: 0.0,
+        }
+    }
+
+    /// The TLS files.
+    pub fn tls(&self) -> TlsFiles {
+        TlsFiles {
+            trust: self.trust,
+            ca_file: self.ca_file.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
         }
     }
 
@@ -354,7 +448,11 @@ impl UploadSection {
         if self.max_items == 0 || !positive(self.max_mb) {
             bail!("upload max_items and max_mb must be positive");
         }
-        Ok(())
+        let unlimited_or_positive = |v: f32| v.is_finite() && v >= 0.0;
+        if !unlimited_or_positive(self.max_kbps) || !unlimited_or_positive(self.daily_mb) {
+            bail!("upload max_kbps and daily_mb must be positive, or 0 for no limit");
+        }
+        self.tls().validate()
     }
 
     /// The bearer token, from the file or else the environment variable.
@@ -380,6 +478,12 @@ impl UploadSection {
             timeout: Duration::from_secs_f32(self.timeout_s),
             retry_initial: Duration::from_secs_f32(self.retry_initial_s),
             retry_max: Duration::from_secs_f32(self.retry_max_s),
+            tls: self.tls(),
+            proxy: self.proxy.clone(),
+            budget: BudgetSettings {
+                bytes_per_s: (self.max_kbps > 0.0).then(|| f64::from(self.max_kbps) * 1000.0 / 8.0),
+                bytes_per_day: (self.daily_mb > 0.0).then(|| (f64::from(self.daily_mb) * 1e6) as u64),
+            },
         })
     }
 
@@ -482,6 +586,7 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         self.gate.to_core(None).context("[gate]")?;
         self.tracking.validate().context("[tracking]")?;
+        self.retention.validate().context("[retention]")?;
         self.detector.to_params()?;
         if self.models.batch == 0 {
             bail!("[models] batch must be at least 1");

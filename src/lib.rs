@@ -30,6 +30,7 @@ pub mod tracking;
 
 // Crops out: the spool and the durable upload queue, crash-safe writes.
 pub mod durable;
+pub mod retention;
 pub mod sink;
 
 // Running it: configuration, the runner that wires cameras to sinks, metrics.

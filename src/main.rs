@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use normgate::card::ModelCard;
@@ -13,6 +13,7 @@ use normgate::landmarks::Locator;
 use normgate::pipeline::load_embedder;
 use normgate::record::content_key;
 use normgate::runner::{self, Summary};
+use normgate::sink::upload::check as check_upload;
 use normgate::still::embed_main_face;
 use normgate_core::norm::l2_norm;
 
@@ -243,6 +244,16 @@ fn embed(
 fn check_config(file: PathBuf, json: bool) -> Result<()> {
     let config = Config::load(&file)?;
     let cameras = config.cameras();
+    // The files an upload needs (token, CA, client certificate) are read and
+    // checked as a start would.
+    for c in &cameras {
+        if let Some(upload) = &config.sink_for(c).upload {
+            upload
+                .settings()
+                .and_then(check_upload)
+                .with_context(|| format!("camera {:?}: upload to {}", c.id, upload.url))?;
+        }
+    }
     if json {
         let cams: Vec<_> = cameras
             .iter()

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +39,20 @@ pub struct DropLabel {
 pub struct OutcomeLabel {
     /// `success`, `failure` (will be retried) or `rejected` (the server refused it for good).
     pub outcome: String,
+}
+
+/// Label of failed upload attempts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabel {
+    /// What failed (`sink::upload::Cause`), e.g. `unknown_issuer` or `http_5xx`.
+    pub cause: String,
+}
+
+/// Label of the stores that retention sweeps.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabel {
+    /// `spool`, `audit` or `rejected`.
+    pub store: String,
 }
 
 /// Label of latency histograms.
@@ -97,6 +112,16 @@ pub struct Metrics {
     pub uploads: Family<OutcomeLabel, Counter>,
     /// Upload attempts that repeated an earlier failed one.
     pub upload_retries: Counter,
+    /// Failed upload attempts by cause.
+    pub upload_errors: Family<CauseLabel, Counter>,
+    /// Bytes of request bodies sent (crops and their metadata).
+    pub upload_bytes: Counter,
+    /// Time uploads waited for the uplink budget, seconds.
+    pub upload_budget_wait: Counter<f64, AtomicU64>,
+    /// Files removed by retention, by store.
+    pub retention_files: Family<StoreLabel, Counter>,
+    /// Bytes removed by retention, by store.
+    pub retention_bytes: Family<StoreLabel, Counter>,
     /// Crops waiting in upload queues.
     pub queue_depth: Gauge,
     /// Bytes of the crops waiting in upload queues.
@@ -134,6 +159,11 @@ impl Default for Metrics {
             dropped: Default::default(),
             uploads: Default::default(),
             upload_retries: Default::default(),
+            upload_errors: Default::default(),
+            upload_bytes: Default::default(),
+            upload_budget_wait: Default::default(),
+            retention_files: Default::default(),
+            retention_bytes: Default::default(),
             queue_depth: Default::default(),
             queue_bytes: Default::default(),
             queue_evicted: Default::default(),
@@ -186,6 +216,27 @@ impl Default for Metrics {
             "Upload attempts that retried",
             m.upload_retries.clone(),
         );
+        r.register(
+            "upload_errors",
+            "Failed upload attempts, by cause",
+            m.upload_errors.clone(),
+        );
+        r.register("upload_bytes", "Bytes of request bodies sent", m.upload_bytes.clone());
+        r.register(
+            "upload_budget_wait_seconds",
+            "Time uploads waited for the uplink budget",
+            m.upload_budget_wait.clone(),
+        );
+        r.register(
+            "retention_removed_files",
+            "Files removed by retention, by store",
+            m.retention_files.clone(),
+        );
+        r.register(
+            "retention_removed_bytes",
+            "Bytes removed by retention, by store",
+            m.retention_bytes.clone(),
+        );
         for (name, help, gauge) in [
             ("queue_depth", "Crops waiting for upload", &m.queue_depth),
             ("queue_bytes", "Bytes waiting for upload", &m.queue_bytes),
@@ -229,6 +280,27 @@ impl Metrics {
                 outcome: outcome.into(),
             })
             .inc();
+    }
+
+    /// Counts one failed upload attempt's cause.
+    pub fn upload_error(&self, cause: &str) {
+        self.upload_errors
+            .get_or_create(&CauseLabel { cause: cause.into() })
+            .inc();
+    }
+
+    /// Failed attempts with this cause.
+    pub fn upload_error_count(&self, cause: &str) -> u64 {
+        self.upload_errors
+            .get_or_create(&CauseLabel { cause: cause.into() })
+            .get()
+    }
+
+    /// Counts what one retention sweep removed from a store.
+    pub fn retention_removed(&self, store: &str, files: u64, bytes: u64) {
+        let label = StoreLabel { store: store.into() };
+        self.retention_files.get_or_create(&label).inc_by(files);
+        self.retention_bytes.get_or_create(&label).inc_by(bytes);
     }
 
     /// Attempts with this upload outcome.

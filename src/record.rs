@@ -1,7 +1,7 @@
 //! What the gate decided about one face: a line of the decision log, and the
 //! metadata that travels with a passing crop.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::Mutex;
@@ -86,10 +86,7 @@ impl DecisionLog {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             crate::durable::ensure_dir(dir)?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
+        let file = crate::durable::open_private(path, true)
             .with_context(|| format!("cannot open decision log {}", path.display()))?;
         Ok(Self {
             out: Mutex::new(BufWriter::new(file)),

@@ -20,7 +20,8 @@ use crate::feed::Feed;
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{Audit, CameraPipeline, Models, Shared};
 use crate::record::DecisionLog;
-use crate::sink::queue::Queue;
+use crate::retention::{sweep_until, Store};
+use crate::sink::queue::{Queue, REJECTED_DIR};
 use crate::sink::spool::Spool;
 use crate::sink::upload::{Shutdown, Uploader};
 use crate::sink::Sink;
@@ -90,7 +91,7 @@ pub struct Summary {
 struct Sinks {
     spools: HashMap<PathBuf, Arc<Sink>>,
     queues: HashMap<PathBuf, Arc<Sink>>,
-    uploaders: Vec<Uploader>,
+    uploaders: Vec<Arc<Uploader>>,
     metrics: Arc<Metrics>,
 }
 
@@ -113,8 +114,9 @@ impl Sinks {
                     Queue::open(&upload.queue, upload.limits(), self.metrics.clone())
                         .with_context(|| format!("upload queue {}", upload.queue.display()))?,
                 );
-                self.uploaders
-                    .push(Uploader::new(queue.clone(), upload.settings()?, self.metrics.clone())?);
+                let uploader = Uploader::new(queue.clone(), upload.settings()?, self.metrics.clone())
+                    .with_context(|| format!("upload to {}", upload.url))?;
+                self.uploaders.push(Arc::new(uploader));
                 let sink = Arc::new(Sink::Upload(queue));
                 self.queues.insert(upload.queue.clone(), sink.clone());
                 Ok(sink)
@@ -204,9 +206,12 @@ pub fn run(config: &Config, reload: Option<&dyn Fn() -> Result<Config>>) -> Resu
     }
     let signals = Signals::register()?;
 
+    let retention = spawn_retention(config, &sinks, metrics.clone())?;
     let shutdown = Arc::new(Shutdown::default());
-    let uploaders: Vec<JoinHandle<()>> = std::mem::take(&mut sinks.uploaders)
-        .into_iter()
+    let uploader_handles = std::mem::take(&mut sinks.uploaders);
+    let uploaders: Vec<JoinHandle<()>> = uploader_handles
+        .iter()
+        .cloned()
         .map(|uploader| {
             let shutdown = shutdown.clone();
             std::thread::Builder::new()
@@ -244,8 +249,13 @@ pub fn run(config: &Config, reload: Option<&dyn Fn() -> Result<Config>>) -> Resu
             break;
         }
         if signals.reload.swap(false, Ordering::Relaxed) {
-            if let Some(reload) = reload {
-                reload_gates(reload, recommended, &pending);
+            match reload.map(|reload| reload()) {
+                None => log::info!("SIGHUP: no configuration file to re-read"),
+                Some(Err(e)) => log::error!("SIGHUP: configuration not reloaded: {e:#}"),
+                Some(Ok(new)) => {
+                    reload_gates(&new, recommended, &pending);
+                    reload_uploads(&new, &uploader_handles);
+                }
             }
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -263,6 +273,7 @@ pub fn run(config: &Config, reload: Option<&dyn Fn() -> Result<Config>>) -> Resu
     for uploader in uploaders {
         let _ = uploader.join();
     }
+    retention.stop();
     for sink in sinks.queues.values() {
         if let Sink::Upload(queue) = sink.as_ref() {
             sync_dir(queue.dir())?;
@@ -271,19 +282,9 @@ pub fn run(config: &Config, reload: Option<&dyn Fn() -> Result<Config>>) -> Resu
     Ok(summarise(&metrics, &ids, interrupted, seconds))
 }
 
-/// Re-reads the configuration and hands each camera its new gate; a bad file changes nothing.
-fn reload_gates(
-    reload: &dyn Fn() -> Result<Config>,
-    recommended: Option<f32>,
-    pending: &[(String, Arc<Mutex<Option<GateConfig>>>)],
-) {
-    let config = match reload() {
-        Ok(c) => c,
-        Err(e) => {
-            log::error!("SIGHUP: configuration not reloaded: {e:#}");
-            return;
-        }
-    };
+/// Hands each camera its gate from the re-read configuration; a camera
+/// whose gate is invalid keeps its old one.
+fn reload_gates(config: &Config, recommended: Option<f32>, pending: &[(String, Arc<Mutex<Option<GateConfig>>>)]) {
     for (id, slot) in pending {
         let camera = config.cameras().into_iter().find(|c| &c.id == id);
         let gate = match &camera {
@@ -296,6 +297,81 @@ fn reload_gates(
         }
     }
     log::info!("SIGHUP: gate thresholds reloaded");
+}
+
+/// Re-reads each uploader's token and TLS files (rotation without a
+/// restart) from the re-read configuration's section of the same queue; an
+/// uploader whose new files are wrong keeps the old ones.
+fn reload_uploads(config: &Config, uploaders: &[Arc<Uploader>]) {
+    for uploader in uploaders {
+        let dir = uploader.queue().dir();
+        let cameras = config.cameras();
+        let section = cameras
+            .iter()
+            .filter_map(|c| config.sink_for(c).upload.as_ref())
+            .find(|u| u.queue == dir);
+        let Some(section) = section else {
+            log::error!(
+                "SIGHUP: no upload section uses the queue {} any more; its uploader keeps its settings (restart to change queues)",
+                dir.display()
+            );
+            continue;
+        };
+        match section.settings().and_then(|s| uploader.reload(s)) {
+            Ok(()) => log::info!(
+                "SIGHUP: upload to {} reloaded (token, certificates, proxy)",
+                section.url
+            ),
+            Err(e) => log::error!("SIGHUP: upload to {}: kept the old settings: {e:#}", section.url),
+        }
+    }
+}
+
+/// The retention sweeper's thread.
+struct RetentionThread {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl RetentionThread {
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+/// Starts sweeping the spools, the audit samples and the queues' `rejected/`.
+fn spawn_retention(config: &Config, sinks: &Sinks, metrics: Arc<Metrics>) -> Result<RetentionThread> {
+    let r = &config.retention;
+    let mut stores: Vec<Store> = sinks
+        .spools
+        .keys()
+        .map(|dir| Store {
+            kind: "spool",
+            dir: dir.clone(),
+            rule: r.rule(r.spool_mb),
+        })
+        .collect();
+    stores.extend(sinks.queues.keys().map(|dir| Store {
+        kind: "rejected",
+        dir: dir.join(REJECTED_DIR),
+        rule: r.rule(r.rejected_mb),
+    }));
+    stores.extend(config.audit.as_ref().map(|a| Store {
+        kind: "audit",
+        dir: a.dir.clone(),
+        rule: r.rule(r.audit_mb),
+    }));
+    let stop = Arc::new(AtomicBool::new(false));
+    let every = Duration::from_secs_f32(r.sweep_every_s);
+    let thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("retention".into())
+            .spawn(move || sweep_until(&stores, every, &metrics, &stop))
+            .context("cannot start the retention sweeper")?
+    };
+    Ok(RetentionThread { stop, thread })
 }
 
 fn summarise(metrics: &Metrics, ids: &[String], interrupted: bool, seconds: f64) -> Summary {

@@ -1,8 +1,11 @@
 //! Where passing crops go: the local spool, or an HTTP server through a
 //! durable queue (the crop counts as accepted once it is on disk).
 
+pub mod budget;
+pub mod cause;
 pub mod queue;
 pub mod spool;
+pub mod tls;
 pub mod upload;
 
 use std::sync::Arc;

@@ -1,14 +1,17 @@
 //! Delivery of queued crops to an HTTP server. The oldest crop goes first;
-//! it leaves the queue only after a 2xx answer. Network errors, timeouts,
-//! 408, 429 and 5xx (and 401/403, which a fixed token cures) are retried with
-//! exponential backoff and jitter; any other 4xx means the server will never
-//! take this crop, so it is set aside in the queue's `rejected/` folder.
-//! Every request carries the crop's content hash as `Idempotency-Key`, which
-//! makes the at-least-once delivery safe for the server.
+//! it leaves the queue only after a 2xx answer. Network and TLS errors,
+//! timeouts, 408, 429 and 5xx (and 401/403, which a fixed token cures) are
+//! retried with exponential backoff and jitter; any other 4xx means the
+//! server will never take this crop, so it is set aside in the queue's
+//! `rejected/` folder. Every request carries the crop's content hash as
+//! `Idempotency-Key`, which makes the at-least-once delivery safe for the
+//! server. Each cause of failure is logged once, with what to fix, until a
+//! crop goes through; the uplink budget decides when the next crop may go.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -16,7 +19,10 @@ use serde::{Deserialize, Serialize};
 use crate::camera::sleep_unless;
 use crate::metrics::Metrics;
 use crate::record::Crop;
+use crate::sink::budget::{Budget, BudgetSettings, Wait};
+use crate::sink::cause::{self, Cause};
 use crate::sink::queue::Queue;
+use crate::sink::tls::TlsFiles;
 
 /// How crops are sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -44,6 +50,12 @@ pub struct UploadSettings {
     pub retry_initial: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
+    /// Whom to trust, and the client certificate.
+    pub tls: TlsFiles,
+    /// HTTP CONNECT proxy URL; `None`: `HTTPS_PROXY` / `ALL_PROXY` / `HTTP_PROXY` and `NO_PROXY`.
+    pub proxy: Option<String>,
+    /// The uplink budget.
+    pub budget: BudgetSettings,
 }
 
 /// How a run ends for an uploader: at once (a signal), or once the queue is
@@ -81,16 +93,108 @@ impl Shutdown {
 
 enum Failure {
     /// Try again later.
-    Retry(String),
+    Retry(Cause, String),
     /// The server will never take it.
-    Refused(String),
+    Refused(Cause, String),
+}
+
+/// The connection side of the settings, rebuilt on SIGHUP: the agent
+/// (TLS and proxy) and the request's target and token.
+struct Link {
+    settings: UploadSettings,
+    agent: ureq::Agent,
+}
+
+impl Link {
+    fn new(settings: UploadSettings) -> Result<Self> {
+        let uri = settings.url.parse::<ureq::http::Uri>();
+        let scheme_ok = settings.url.starts_with("http://") || settings.url.starts_with("https://");
+        let Ok(uri) = uri.ok().filter(|_| scheme_ok).ok_or(()) else {
+            bail!("upload url {:?} is not an http:// or https:// URL", settings.url);
+        };
+        let proxy = match &settings.proxy {
+            Some(url) => Some(
+                ureq::Proxy::new(url)
+                    .with_context(|| format!("upload proxy {url:?} is not a proxy URL (http://host:port)"))?,
+            ),
+            None => ureq::Proxy::try_from_env(),
+        };
+        if let Some(proxy) = proxy.as_ref().filter(|p| !p.is_no_proxy(&uri)) {
+            if settings.token.is_some() && settings.url.starts_with("http://") {
+                bail!(
+                    "the upload token would cross the proxy {}:{} in clear: use an https:// url (or exempt the host with NO_PROXY)",
+                    proxy.host(),
+                    proxy.port()
+                );
+            }
+        }
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(settings.timeout))
+            .http_status_as_error(false)
+            .user_agent(concat!("normgate/", env!("CARGO_PKG_VERSION")))
+            .tls_config(settings.tls.load(SystemTime::now())?)
+            .proxy(proxy)
+            .build()
+            .into();
+        Ok(Self { settings, agent })
+    }
+
+    /// The request body of a crop and the request, ready to send.
+    fn request(&self, crop: &Crop) -> Result<(Vec<u8>, ureq::RequestBuilder<ureq::typestate::WithBody>)> {
+        let key = crop.record.key.clone().unwrap_or_default();
+        let metadata = serde_json::to_string(&crop.record)?;
+        let (body, request) = match self.settings.method {
+            Method::Post => (
+                multipart(crop, &metadata),
+                self.agent
+                    .post(&self.settings.url)
+                    .header("Content-Type", format!("multipart/form-data; boundary={BOUNDARY}")),
+            ),
+            Method::Put => {
+                let url = self
+                    .settings
+                    .url
+                    .replace("{key}", &key)
+                    .replace("{camera}", &crop.record.camera);
+                let request = self
+                    .agent
+                    .put(url)
+                    .header("Content-Type", "image/jpeg")
+                    .header("X-Normgate-Metadata", ascii_json(&metadata));
+                (crop.jpeg.clone(), request)
+            }
+        };
+        let mut request = request.header("Idempotency-Key", &key);
+        if let Some(token) = &self.settings.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        Ok((body, request))
+    }
+}
+
+/// Checks upload settings as an uploader's start would: the URL, the
+/// proxy, the token's path to the server, the TLS files.
+pub fn check(settings: UploadSettings) -> Result<()> {
+    Link::new(settings).map(drop)
+}
+
+/// Sends one request and sorts its outcome.
+fn send(body: Vec<u8>, request: ureq::RequestBuilder<ureq::typestate::WithBody>) -> Result<(), Failure> {
+    let response = request
+        .send(body)
+        .map_err(|e| Failure::Retry(cause::of_error(&e), e.to_string()))?;
+    match response.status().as_u16() {
+        200..=299 => Ok(()),
+        s if retryable(s) => Err(Failure::Retry(cause::of_status(s), format!("HTTP {s}"))),
+        s => Err(Failure::Refused(cause::of_status(s), format!("HTTP {s}"))),
+    }
 }
 
 /// Sends the crops of one queue.
 pub struct Uploader {
     queue: Arc<Queue>,
-    settings: UploadSettings,
-    agent: ureq::Agent,
+    link: Mutex<Arc<Link>>,
+    budget: Mutex<Budget>,
     metrics: Arc<Metrics>,
 }
 
@@ -140,98 +244,126 @@ fn retryable(status: u16) -> bool {
 }
 
 impl Uploader {
-    /// An uploader of `queue`; checks the URL.
+    /// An uploader of `queue`; checks the URL, reads the TLS files and the
+    /// day's upload count.
     pub fn new(queue: Arc<Queue>, settings: UploadSettings, metrics: Arc<Metrics>) -> Result<Self> {
-        let scheme_ok = settings.url.starts_with("http://") || settings.url.starts_with("https://");
-        if !scheme_ok || settings.url.parse::<ureq::http::Uri>().is_err() {
-            bail!("upload url {:?} is not an http:// or https:// URL", settings.url);
-        }
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(settings.timeout))
-            .http_status_as_error(false)
-            .user_agent(concat!("normgate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+        let budget = Budget::new(settings.budget, Some(queue.dir()), Instant::now())?;
         Ok(Self {
+            link: Mutex::new(Arc::new(Link::new(settings)?)),
+            budget: Mutex::new(budget),
             queue,
-            settings,
-            agent,
             metrics,
         })
     }
 
-    fn send(&self, crop: &Crop) -> Result<(), Failure> {
-        let key = crop.record.key.clone().unwrap_or_default();
-        let metadata = serde_json::to_string(&crop.record).map_err(|e| Failure::Refused(e.to_string()))?;
-        let request = match self.settings.method {
-            Method::Post => self
-                .agent
-                .post(&self.settings.url)
-                .header("Content-Type", format!("multipart/form-data; boundary={BOUNDARY}")),
-            Method::Put => {
-                let url = self
-                    .settings
-                    .url
-                    .replace("{key}", &key)
-                    .replace("{camera}", &crop.record.camera);
-                self.agent
-                    .put(url)
-                    .header("Content-Type", "image/jpeg")
-                    .header("X-Normgate-Metadata", ascii_json(&metadata))
+    /// The queue it sends.
+    pub fn queue(&self) -> &Arc<Queue> {
+        &self.queue
+    }
+
+    /// Takes new connection settings (SIGHUP: a rotated token or
+    /// certificate) from the next request on; on an error the old ones stay.
+    pub fn reload(&self, settings: UploadSettings) -> Result<()> {
+        let link = Link::new(settings)?;
+        *self.link.lock().unwrap() = Arc::new(link);
+        Ok(())
+    }
+
+    /// Waits until the budget lets `size` bytes go; false when told to stop first.
+    fn wait_for_budget(&self, size: u64, shutdown: &Shutdown, logged_daily: &mut bool) -> Result<bool> {
+        loop {
+            let wait = self
+                .budget
+                .lock()
+                .unwrap()
+                .take(size, Instant::now(), SystemTime::now())?;
+            let delay = match wait {
+                None => return Ok(true),
+                Some(Wait::Rate(d)) => d,
+                Some(Wait::Daily(d)) => {
+                    if !std::mem::replace(logged_daily, true) {
+                        log::warn!(
+                            "daily upload cap reached: {} crops wait in the queue for the next UTC day ({:.1} h)",
+                            self.queue.len(),
+                            d.as_secs_f32() / 3600.0
+                        );
+                    }
+                    d
+                }
+            };
+            // Wake often enough to notice a stop or the end of a drain.
+            let started = Instant::now();
+            sleep_unless(shutdown.flag(), delay.min(Duration::from_millis(500)));
+            self.metrics.upload_budget_wait.inc_by(started.elapsed().as_secs_f64());
+            if shutdown.should_stop(&self.queue) {
+                return Ok(false);
             }
-        };
-        let mut request = request.header("Idempotency-Key", &key);
-        if let Some(token) = &self.settings.token {
-            request = request.header("Authorization", format!("Bearer {token}"));
-        }
-        let response = match self.settings.method {
-            Method::Post => request.send(multipart(crop, &metadata)),
-            Method::Put => request.send(&crop.jpeg[..]),
-        }
-        .map_err(|e| Failure::Retry(e.to_string()))?;
-        let status = response.status().as_u16();
-        match status {
-            200..=299 => Ok(()),
-            s if retryable(s) => Err(Failure::Retry(format!("HTTP {s}"))),
-            s => Err(Failure::Refused(format!("HTTP {s}"))),
         }
     }
 
     /// Sends until `shutdown` says to stop.
     pub fn run(&self, shutdown: &Shutdown) -> Result<()> {
         let mut failures = 0u32;
+        let mut logged: HashSet<&'static str> = HashSet::new();
+        let mut logged_daily = false;
         while !shutdown.should_stop(&self.queue) {
             let Some((seq, crop)) = self.queue.oldest(Duration::from_millis(200))? else {
                 continue;
             };
+            let link = self.link.lock().unwrap().clone();
+            let key = crop.record.key.as_deref().unwrap_or_default();
+            let (body, request) = match link.request(&crop) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.queue.set_aside(seq, &format!("cannot build its request: {e:#}"))?;
+                    continue;
+                }
+            };
+            if !self.wait_for_budget(body.len() as u64, shutdown, &mut logged_daily)? {
+                break;
+            }
+            logged_daily = false;
             if failures > 0 {
                 self.metrics.upload_retries.inc();
             }
-            let key = crop.record.key.as_deref().unwrap_or_default();
-            match self.send(&crop) {
+            self.metrics.upload_bytes.inc_by(body.len() as u64);
+            match send(body, request) {
                 Ok(()) => {
                     self.queue.remove(seq).context("removing a delivered crop")?;
                     self.metrics.upload("success");
                     log::debug!("uploaded {key}");
+                    if failures > 0 {
+                        log::info!("upload works again after {failures} failed attempts");
+                    }
                     failures = 0;
+                    logged.clear();
                 }
-                Err(Failure::Retry(why)) => {
+                Err(Failure::Retry(cause, why)) => {
                     self.metrics.upload("failure");
+                    self.metrics.upload_error(cause.label);
                     failures += 1;
                     let delay = backoff(
                         failures,
-                        self.settings.retry_initial,
-                        self.settings.retry_max,
+                        link.settings.retry_initial,
+                        link.settings.retry_max,
                         fastrand::f64(),
                     );
-                    log::warn!(
-                        "upload of {key} failed ({why}); retry {failures} in {:.1} s",
-                        delay.as_secs_f32()
-                    );
+                    if logged.insert(cause.label) {
+                        log::warn!(
+                            "upload of {key} failed ({why}): {}. Retrying with backoff; this cause is logged once until an upload succeeds",
+                            cause.fix
+                        );
+                    } else {
+                        log::debug!(
+                            "upload of {key} failed ({why}); retry {failures} in {:.1} s",
+                            delay.as_secs_f32()
+                        );
+                    }
                     sleep_unless(shutdown.flag(), delay);
                 }
-                Err(Failure::Refused(why)) => {
+                Err(Failure::Refused(cause, why)) => {
                     self.metrics.upload("rejected");
+                    self.metrics.upload_error(cause.label);
                     self.queue.set_aside(seq, &format!("the server refused it: {why}"))?;
                     failures = 0;
                 }
@@ -321,6 +453,9 @@ mod tests {
             timeout: Duration::from_secs(5),
             retry_initial: Duration::from_millis(10),
             retry_max: Duration::from_millis(20),
+            tls: TlsFiles::default(),
+            proxy: None,
+            budget: BudgetSettings::default(),
         };
         let uploader = Uploader::new(queue.clone(), settings, metrics.clone()).unwrap();
         let shutdown = Shutdown::default();
@@ -368,6 +503,9 @@ mod tests {
             timeout: Duration::from_secs(1),
             retry_initial: Duration::from_millis(10),
             retry_max: Duration::from_millis(20),
+            tls: TlsFiles::default(),
+            proxy: None,
+            budget: BudgetSettings::default(),
         };
         assert!(Uploader::new(queue, settings, metrics).is_err());
         std::fs::remove_dir_all(&dir).unwrap();

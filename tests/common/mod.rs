@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // Each test crate uses its own share of these helpers.
 
+pub mod tls;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
