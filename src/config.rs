@@ -650,6 +650,18 @@ mod tests {
         assert_eq!(config.metrics.listen, "127.0.0.1:9464");
     }
 
+    /// The README's configuration reference parses, so it cannot drift from the types.
+    #[test]
+    fn the_readme_configuration_example_is_valid() {
+        let readme = include_str!("../README.md");
+        let section = readme.split("\n## Configuration\n").nth(1).unwrap();
+        let example = section.split("```toml\n").nth(1).unwrap().split("```").next().unwrap();
+        let config = Config::parse(example).unwrap();
+        let upload = config.sink.upload.unwrap();
+        assert_eq!(upload.tls().effective_trust(), Trust::File);
+        assert_eq!(config.retention, RetentionSection::default());
+    }
+
     #[test]
     fn empty_file_is_the_embedded_default() {
         let c = Config::parse("").unwrap();

@@ -205,7 +205,13 @@ fn unusable_input_exits_with_a_message_and_no_panic() {
     let wrong_card = dir.join("wrong.onnx");
     std::fs::write(&wrong_card, b"not onnx").unwrap();
     std::fs::write(dir.join("wrong.toml"), "input = 3\n").unwrap();
-    let cases: [(&[&str], &str); 10] = [
+    let no_ca = dir.join("no-ca.toml");
+    std::fs::write(
+        &no_ca,
+        "[sink.upload]\nurl = \"https://127.0.0.1:9/c\"\nca_file = \"no/such/ca.pem\"\n",
+    )
+    .unwrap();
+    let cases: [(&[&str], &str); 12] = [
         (&["check-config", bad_config.to_str().unwrap()], "rate"),
         (&["check-config", typo.to_str().unwrap()], "min_face"),
         (&["run", "--config", "does-not-exist.toml"], "cannot read config file"),
@@ -216,6 +222,15 @@ fn unusable_input_exits_with_a_message_and_no_panic() {
         (&["run", "--refiner", "no/refiner.onnx"], "set [models] refiner"),
         (&["run", "--refiner", "models/detector.onnx"], "not a landmark refiner"),
         (&["run", "--sink", "ftp://host/x"], "spool"),
+        // The upload's files are read at start and by check-config.
+        (
+            &["check-config", no_ca.to_str().unwrap()],
+            "cannot read the ca_file no/such/ca.pem",
+        ),
+        (
+            &["run", "--config", no_ca.to_str().unwrap()],
+            "cannot read the ca_file no/such/ca.pem",
+        ),
     ];
     for (args, needle) in cases {
         let out = normgate(args, None);

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::tls::{Ca, Policy, TlsServer};
 use common::{command, jpeg, model_flags, sample, scratch};
 use image::imageops::{blur, flip_horizontal, resize, FilterType};
 use image::RgbImage;
@@ -579,5 +580,160 @@ fn a_sigkill_loses_only_the_crops_open_tracks_hold() {
     assert_eq!(server.keys().len(), 1, "delivered exactly once");
     assert_eq!(server.distinct_keys(), run.passed_keys());
     assert_eq!(summary["uploads"]["queued"], 0);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn sighup_rotates_the_upload_certificate_and_token_and_no_crop_is_lost_or_sent_twice() {
+    let dir = scratch("rotation");
+    let (old_ca, new_ca) = (Ca::new("CA 2026"), Ca::new("CA 2027"));
+    let policy = |ca: &Ca, token: &str| Policy {
+        identity: ca.server(),
+        client_ca: None,
+        token: token.into(),
+    };
+    let server = TlsServer::start(&policy(&old_ca, "old-token"));
+    std::fs::write(dir.join("ca.pem"), &old_ca.pem).unwrap();
+    std::fs::write(dir.join("token"), "old-token").unwrap();
+    let files = format!(
+        "ca_file = \"{}\"\ntoken_file = \"{}\"\n",
+        dir.join("ca.pem").display(),
+        dir.join("token").display()
+    );
+    let run = Run::new(
+        &dir,
+        &server.url,
+        &format!("{FAST_RETRY}{files}{PER_FRAME}[gate.policy]\nkind = \"fixed\"\nthreshold = 0.5\n"),
+    );
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let (child, mut stdin) = run.spawn(&metrics_addr);
+    let frames = sharp_frames(6);
+    let wait_until = |done: &dyn Fn() -> bool, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    stdin.write_all(&frames[..2].concat()).unwrap();
+    wait_until(&|| server.accepted_keys().len() == 2, "the first crops arrive");
+
+    // The server moves to a new CA and token: the next crops wait, failing the handshake.
+    server.rotate(&policy(&new_ca, "new-token"));
+    stdin.write_all(&frames[2..4].concat()).unwrap();
+    let unknown_issuer = "normgate_upload_errors_total{cause=\"unknown_issuer\"}";
+    wait_until(
+        &|| metric(&scrape(&metrics_addr), unknown_issuer).unwrap_or(0.0) >= 1.0,
+        "the old CA fails and the cause is counted",
+    );
+    std::fs::write(dir.join("ca.pem"), &new_ca.pem).unwrap();
+    std::fs::write(dir.join("token"), "new-token").unwrap();
+    assert!(command_kill("-HUP", &child.id().to_string()));
+    stdin.write_all(&frames[4..].concat()).unwrap();
+    drop(stdin);
+    let summary = summary(child.wait_with_output().unwrap());
+    let accepted = server.accepted_keys();
+    assert_eq!(accepted.len(), 6, "each crop once: {accepted:?}");
+    assert_eq!(accepted.into_iter().collect::<BTreeSet<_>>(), run.passed_keys());
+    assert_eq!(summary["uploads"]["delivered"], 6);
+    assert_eq!(summary["uploads"]["queued"], 0);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `inner` run by `sh` under `umask`, with its arguments, environment and directory.
+fn with_umask(inner: std::process::Command, umask: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (key, value) in inner.get_envs() {
+        match value {
+            Some(value) => cmd.env(key, value),
+            None => cmd.env_remove(key),
+        };
+    }
+    if let Some(dir) = inner.get_current_dir() {
+        cmd.current_dir(dir);
+    }
+    cmd
+}
+
+#[test]
+fn crops_on_disk_are_private_under_a_permissive_umask_and_old_ones_age_out() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("private");
+    let state = dir.join("state");
+    // A crop an earlier run left 40 days ago; the default retention is 30 days.
+    let spool = state.join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let forty_days_ago = std::time::SystemTime::now() - Duration::from_secs(40 * 86_400);
+    for name in ["old.jpg", "old.json"] {
+        let file = std::fs::File::create(spool.join(name)).unwrap();
+        file.set_modified(forty_days_ago).unwrap();
+    }
+    let config = dir.join("normgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{PER_FRAME}[audit]\ndir = \"{}\"\nsample_rate = 1.0\n[log]\ndecisions = \"{}\"\n",
+            state.join("audit").display(),
+            state.join("log/decisions.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let mut inner = command();
+    inner
+        .args(["run", "--json", "--metrics", "off", "--source", "-", "--config"])
+        .arg(&config)
+        .arg("--sink")
+        .arg(&spool)
+        .args(model_flags());
+    let mut child = with_umask(inner, "000")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let face = sample("astronaut.png");
+    let dark = degraded(&face)
+        .into_iter()
+        .find(|(name, _)| *name == "dark x0.1")
+        .unwrap()
+        .1;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&[jpeg(&face), jpeg(&dark)].concat()).unwrap();
+    drop(stdin);
+    summary(child.wait_with_output().unwrap());
+
+    let names = |d: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert!(
+        !names(&spool).iter().any(|n| n.starts_with("old.")),
+        "{:?}",
+        names(&spool)
+    );
+    assert!(
+        names(&spool).iter().any(|n| n.ends_with(".jpg")),
+        "the new crop is kept"
+    );
+    assert!(names(&state.join("audit")).iter().any(|n| n.ends_with(".jpg")));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for sub in ["audit", "log"] {
+        let d = state.join(sub);
+        assert_eq!(mode(&d), 0o700, "{}", d.display());
+        for name in names(&d) {
+            assert_eq!(mode(&d.join(&name)), 0o600, "{sub}/{name}");
+        }
+    }
+    for name in names(&spool) {
+        assert_eq!(mode(&spool.join(&name)), 0o600, "spool/{name}");
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }

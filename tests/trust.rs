@@ -14,34 +14,13 @@ use common::scratch;
 use common::tls::{Ca, ConnectProxy, Policy, TlsServer};
 use normgate::config::UploadSection;
 use normgate::metrics::Metrics;
-use normgate::record::{content_key, Crop, FaceRecord};
+use normgate::record::Crop;
 use normgate::sink::queue::{Limits, Queue, WhenFull};
 use normgate::sink::tls::Trust;
 use normgate::sink::upload::{Shutdown, Uploader};
 
 fn crop(n: u32) -> Crop {
-    let jpeg = format!("crop {n}").into_bytes();
-    Crop {
-        record: FaceRecord {
-            time: "2026-12-07T00:00:00.000Z".into(),
-            camera: "door".into(),
-            frame: u64::from(n),
-            source: "test".into(),
-            face: 0,
-            bbox: [0.0; 4],
-            landmarks: [[0.0; 2]; 5],
-            detector_score: 0.9,
-            norm: 20.0,
-            threshold: 10.0,
-            pass: true,
-            reason: "passed".into(),
-            key: Some(content_key(&jpeg)),
-            crop_region: None,
-            track: None,
-            track_frames: None,
-        },
-        jpeg,
-    }
+    common::crops::crop(n, format!("crop {n}").into_bytes())
 }
 
 /// An upload section for `url` with fast retries and the token in a file.

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // Each test crate uses its own share of these helpers.
 
+pub mod crops;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
