@@ -239,3 +239,38 @@ fn rotating_the_certificate_and_token_mid_run_loses_nothing_and_duplicates_nothi
     assert!(uploader.reload(upload.settings().unwrap()).is_err());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Set in the child process of the system-store test: the server to upload to.
+const SYSTEM_TRUST_URL: &str = "NORMGATE_TEST_SYSTEM_TRUST_URL";
+
+#[test]
+fn trust_system_reads_the_store_that_ssl_cert_file_names() {
+    let Ok(url) = std::env::var(SYSTEM_TRUST_URL) else {
+        // `SSL_CERT_FILE` is process-wide: the delivery runs in a child
+        // process (this test binary, this test alone) with it set.
+        let dir = scratch("trust-system");
+        let ca = Ca::new("fleet CA");
+        let server = TlsServer::start(&policy(&ca, "secret"));
+        std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "trust_system_reads_the_store_that_ssl_cert_file_names"])
+            .env(SYSTEM_TRUST_URL, &server.url)
+            .env("SSL_CERT_FILE", dir.join("ca.pem"))
+            .env_remove("SSL_CERT_DIR")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && stdout.contains("1 passed"), "{stdout}");
+        assert_eq!(server.accepted_keys().len(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+        return;
+    };
+    let dir = scratch("trust-system-child");
+    let upload = UploadSection {
+        trust: Some(Trust::System),
+        ..section(&dir, &url, "secret")
+    };
+    let (uploader, _, _) = uploader(&upload, 1);
+    assert!(drain(&uploader, Duration::from_secs(60)));
+    std::fs::remove_dir_all(dir).unwrap();
+}
