@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -240,27 +241,47 @@ fn rotating_the_certificate_and_token_mid_run_loses_nothing_and_duplicates_nothi
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// Set in the child process of the system-store test: the server to upload to.
-const SYSTEM_TRUST_URL: &str = "NORMGATE_TEST_SYSTEM_TRUST_URL";
+/// Set in the child process of a test that needs process-wide variables:
+/// the server to upload to.
+const CHILD_URL: &str = "NORMGATE_TEST_CHILD_URL";
+
+/// Runs test `name` of this binary in a child process with `vars` set (they
+/// are process-wide, so they must not leak into the tests running beside it).
+fn in_child(name: &str, url: &str, vars: &[(&str, OsString)]) {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child.args(["--exact", name]).env(CHILD_URL, url);
+    for var in [
+        "SSL_CERT_DIR",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        child.env_remove(var);
+    }
+    for (var, value) in vars {
+        child.env(var, value);
+    }
+    let out = child.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("1 passed"), "{stdout}");
+}
 
 #[test]
 fn trust_system_reads_the_store_that_ssl_cert_file_names() {
-    let Ok(url) = std::env::var(SYSTEM_TRUST_URL) else {
-        // `SSL_CERT_FILE` is process-wide: the delivery runs in a child
-        // process (this test binary, this test alone) with it set.
+    let Ok(url) = std::env::var(CHILD_URL) else {
         let dir = scratch("trust-system");
         let ca = Ca::new("fleet CA");
         let server = TlsServer::start(&policy(&ca, "secret"));
         std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "trust_system_reads_the_store_that_ssl_cert_file_names"])
-            .env(SYSTEM_TRUST_URL, &server.url)
-            .env("SSL_CERT_FILE", dir.join("ca.pem"))
-            .env_remove("SSL_CERT_DIR")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && stdout.contains("1 passed"), "{stdout}");
+        let ca_file = dir.join("ca.pem");
+        in_child(
+            "trust_system_reads_the_store_that_ssl_cert_file_names",
+            &server.url,
+            &[("SSL_CERT_FILE", ca_file.into())],
+        );
         assert_eq!(server.accepted_keys().len(), 1);
         std::fs::remove_dir_all(dir).unwrap();
         return;
@@ -268,6 +289,37 @@ fn trust_system_reads_the_store_that_ssl_cert_file_names() {
     let dir = scratch("trust-system-child");
     let upload = UploadSection {
         trust: Some(Trust::System),
+        ..section(&dir, &url, "secret")
+    };
+    let (uploader, _, _) = uploader(&upload, 1);
+    assert!(drain(&uploader, Duration::from_secs(60)));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn https_proxy_from_the_environment_carries_the_upload() {
+    let Ok(url) = std::env::var(CHILD_URL) else {
+        let dir = scratch("trust-env-proxy");
+        let ca = Ca::new("fleet CA");
+        let server = TlsServer::start(&policy(&ca, "secret"));
+        let proxy = ConnectProxy::start();
+        std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
+        in_child(
+            "https_proxy_from_the_environment_carries_the_upload",
+            &server.url,
+            &[
+                ("HTTPS_PROXY", proxy.url.clone().into()),
+                ("CA_FILE", dir.join("ca.pem").into()),
+            ],
+        );
+        assert_eq!(server.accepted_keys().len(), 1);
+        assert_eq!(proxy.targets.lock().unwrap().len(), 1, "through the proxy");
+        std::fs::remove_dir_all(dir).unwrap();
+        return;
+    };
+    let dir = scratch("trust-env-proxy-child");
+    let upload = UploadSection {
+        ca_file: std::env::var_os("CA_FILE").map(Into::into),
         ..section(&dir, &url, "secret")
     };
     let (uploader, _, _) = uploader(&upload, 1);
