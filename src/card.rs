@@ -2,6 +2,7 @@
 //! its output. It sits next to the `.onnx` file (`model.onnx` -> `model.toml`),
 //! and a model without a valid card is refused at start.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -16,6 +17,26 @@ pub enum ChannelOrder {
     Rgb,
     /// Blue, green, red (Caffe and OpenCV models).
     Bgr,
+}
+
+/// Numeric precision of a model file's weights and arithmetic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats.
+    #[default]
+    Fp32,
+    /// 8-bit integers (weights and activations quantized).
+    Int8,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Int8 => "int8",
+        })
+    }
 }
 
 /// A card: the shared input description and one section for the model's kind.
@@ -36,6 +57,13 @@ pub struct ModelCard {
     pub mean: [f32; 3],
     /// Per-channel divisor applied after the mean.
     pub std: [f32; 3],
+    /// This file's precision (`fp32` when absent).
+    #[serde(default)]
+    pub precision: Precision,
+    /// The same network in other precisions: files beside this one, each
+    /// with its card (`[models] detector_variant` / `embedder_variant`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variants: BTreeMap<Precision, PathBuf>,
     /// Present for face embedders.
     pub embedder: Option<EmbedderCard>,
     /// Present for face detectors.

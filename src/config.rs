@@ -20,6 +20,7 @@ use crate::sink::tls::{TlsFiles, Trust};
 use crate::sink::upload::{Method, UploadSettings};
 use crate::source::SourceSpec;
 use crate::tracking::TrackingSection;
+use crate::variant::Choice;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -64,6 +65,13 @@ pub struct ModelsSection {
     /// Crops embedded per run when the model's batch is free. A short last
     /// batch is padded, so raise this only where frames often hold several faces.
     pub batch: usize,
+    /// Which of the detector's variants runs: `auto` (the faster on this
+    /// CPU, timed at the first start), `fp32` or `int8`.
+    pub detector_variant: Choice,
+    /// Which of the embedder's variants runs, as `detector_variant`.
+    pub embedder_variant: Choice,
+    /// Where `auto` keeps its timings (keyed by CPU, binary and model files).
+    pub variant_cache: PathBuf,
 }
 
 impl Default for ModelsSection {
@@ -73,6 +81,9 @@ impl Default for ModelsSection {
             embedder: embedded::default_path("backbone.onnx"),
             refiner: embedded::default_path("refiner.onnx"),
             batch: 1,
+            detector_variant: Choice::Auto,
+            embedder_variant: Choice::Auto,
+            variant_cache: "variant-cache.json".into(),
         }
     }
 }

@@ -38,12 +38,16 @@ macro_rules! shipped {
 pub const FILES: &[EmbeddedFile] = shipped!(
     "detector.onnx",
     "detector.toml",
+    "detector-fp32.onnx",
+    "detector-fp32.toml",
     "refiner.onnx",
     "refiner.toml",
     "refiner-aligned.onnx",
     "refiner-aligned.toml",
     "backbone.onnx",
     "backbone.toml",
+    "backbone-fp32.onnx",
+    "backbone-fp32.toml",
 );
 
 /// This build embeds no models (built without the `embedded-models` feature).

@@ -21,6 +21,7 @@ pub mod embedded;
 pub mod embedder;
 pub mod landmarks;
 pub mod runtime;
+pub mod variant;
 
 // The gate: one camera's pipeline, its face tracks, a still image's path, the decision record.
 pub mod pipeline;

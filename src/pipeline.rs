@@ -18,7 +18,7 @@ use prometheus_client::metrics::family::Family;
 
 use crate::card::{check_model, ModelCard};
 use crate::config::ModelsSection;
-use crate::detector::{DetectParams, Face};
+use crate::detector::{DetectParams, Detector, Face};
 use crate::embedder::Embedder;
 use crate::feed::{Feed, Next};
 use crate::landmarks::Locator;
@@ -28,11 +28,14 @@ use crate::sink::spool::Spool;
 use crate::sink::Sink;
 use crate::source::{Frame, Item};
 use crate::tracking::{CameraTracks, Release};
+use crate::variant;
 
 /// How much larger than the face box the uploaded crop is, per side.
 const CROP_SCALE: f32 = 1.5;
 /// JPEG quality of uploaded crops.
 const JPEG_QUALITY: u8 = 90;
+/// Timed runs of each model variant under `auto` (after one warm-up).
+const TIMED_RUNS: usize = 5;
 
 /// The models every camera shares.
 pub struct Models {
@@ -42,15 +45,36 @@ pub struct Models {
     pub embedder: Embedder,
 }
 impl Models {
-    /// Loads the models, refusing a missing file or card with a message that says what to fix.
-    pub fn load(section: &ModelsSection) -> Result<Self> {
-        let locator = Locator::load(&section.detector, &section.refiner)?;
-        check_model(&section.embedder, "face embedder", "embedder")?;
-        let embedder = Embedder::load(
-            &section.embedder,
-            &ModelCard::path_for(&section.embedder),
-            section.batch,
+    /// Loads the models, refusing a missing file or card with a message that
+    /// says what to fix; of a model with variants, the one the section picks.
+    pub fn load(section: &ModelsSection, detect: &DetectParams) -> Result<Self> {
+        check_model(&section.detector, "face detector", "detector")?;
+        let detector = variant::pick(
+            "detector",
+            &section.detector,
+            section.detector_variant,
+            &section.variant_cache,
+            &mut |file| {
+                let detector = Detector::load(file, &ModelCard::path_for(file))?;
+                let frame = RgbImage::from_pixel(640, 480, image::Rgb([128; 3]));
+                variant::median_time(TIMED_RUNS, &mut || detector.detect(&frame, detect).map(drop))
+            },
         )?;
+        let locator = Locator::load(&detector, &section.refiner)?;
+        check_model(&section.embedder, "face embedder", "embedder")?;
+        let embedder = variant::pick(
+            "embedder",
+            &section.embedder,
+            section.embedder_variant,
+            &section.variant_cache,
+            &mut |file| {
+                let embedder = Embedder::load(file, &ModelCard::path_for(file), section.batch)?;
+                let card = embedder.card();
+                let crops = vec![RgbImage::from_pixel(card.width, card.height, image::Rgb([128; 3])); section.batch];
+                variant::median_time(TIMED_RUNS, &mut || embedder.embed(&crops).map(drop))
+            },
+        )?;
+        let embedder = Embedder::load(&embedder, &ModelCard::path_for(&embedder), section.batch)?;
         Ok(Self { locator, embedder })
     }
 }

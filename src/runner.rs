@@ -165,7 +165,7 @@ pub fn run(config: &Config, reload: Option<&dyn Fn() -> Result<Config>>) -> Resu
         })?;
         feeds.push((camera, feed));
     }
-    let models = Models::load(&config.models)?;
+    let models = Models::load(&config.models, &config.detector.to_params()?)?;
     let recommended = models.embedder.recommended_threshold();
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {

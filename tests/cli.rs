@@ -89,15 +89,18 @@ fn the_binary_runs_the_gate_from_an_empty_directory_with_its_embedded_models() {
         paths,
         [
             "embedded:detector.onnx",
+            "embedded:detector-fp32.onnx",
             "embedded:refiner.onnx",
             "embedded:refiner-aligned.onnx",
-            "embedded:backbone.onnx"
+            "embedded:backbone.onnx",
+            "embedded:backbone-fp32.onnx"
         ]
     );
     let backbone = std::fs::read(root().join("models/backbone.onnx")).unwrap();
-    assert_eq!(models[3]["sha256"], normgate::record::content_key(&backbone));
-    assert_eq!(models[3]["bytes"], backbone.len());
-    assert!(models[3]["card"]["embedder"]["recommended_threshold"].as_f64() > Some(0.0));
+    assert_eq!(models[4]["sha256"], normgate::record::content_key(&backbone));
+    assert_eq!(models[4]["bytes"], backbone.len());
+    assert!(models[4]["card"]["embedder"]["recommended_threshold"].as_f64() > Some(0.0));
+    assert_eq!(models[4]["card"]["variants"]["fp32"], "backbone-fp32.onnx");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -54,6 +54,9 @@ pub(crate) enum Command {
     /// Quantize an exported float model to int8 (per-channel weights,
     /// activation ranges calibrated on aligned training crops).
     Quantize(onnx::QuantizeArgs),
+    /// The float form of an int8 QOperator file (its weights dequantized):
+    /// the fp32 variant of a shipped model whose float export is gone.
+    Dequantize(onnx::DequantizeArgs),
     /// Export a training run's backbone or detector to ONNX (with its card)
     /// and check the file against the training framework on cached crops or frames.
     Export(onnx::ExportArgs),
@@ -83,6 +86,7 @@ impl Cli {
             Command::Classmap(args) => curation::classmap(args),
             Command::Curation(command) => curation::run(command),
             Command::Quantize(args) => onnx::quantize(args),
+            Command::Dequantize(args) => onnx::dequantize(args),
             Command::Export(args) => onnx::export(args),
             Command::Eval { what } => eval::run(what),
             Command::Bench { what } => bench::run(what),

@@ -1,5 +1,5 @@
-//! `export` and `quantize`: a run's checkpoint as an ONNX file with its
-//! card, and its int8 form.
+//! `export`, `quantize` and `dequantize`: a run's checkpoint as an ONNX
+//! file with its card, its int8 form, and an int8 file's float form.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +9,7 @@ use normgate_train::data::prepare::Cache;
 use normgate_train::detector::train::{calibration_frames, DetectorTrainConfig};
 use normgate_train::landmarks::recipe::RefinerTrainConfig;
 use normgate_train::nn::optim::read_config;
+use normgate_train::onnx::dequantize::dequantize_file;
 use normgate_train::onnx::export::{detector_card, export_detector_run, export_refiner_run, export_run, refiner_card};
 use normgate_train::onnx::quantize::{quantize_file, Calibration};
 
@@ -32,6 +33,19 @@ pub(crate) struct ExportArgs {
     /// it) as the one that reads its points again (the card's `next`).
     #[arg(long)]
     pub(crate) next: Option<PathBuf>,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct DequantizeArgs {
+    /// The int8 QOperator .onnx (its card beside it).
+    #[arg(long)]
+    pub(crate) model: PathBuf,
+    /// The float .onnx to write (the card is copied beside it).
+    #[arg(long)]
+    pub(crate) out: PathBuf,
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub(crate) json: bool,
@@ -110,6 +124,13 @@ pub(crate) fn export(args: ExportArgs) -> Result<()> {
 pub(crate) fn training_crops(cache: &Path, n: usize) -> Result<Vec<image::RgbImage>> {
     let glint = Cache::load(cache, "glint24")?;
     Ok(glint.spread(n).map(|i| glint.sphereface_crop(i)).collect())
+}
+
+pub(crate) fn dequantize(args: DequantizeArgs) -> Result<()> {
+    let r = dequantize_file(&args.model, &args.out)?;
+    print_report(args.json, &r, |r| {
+        format!("{}: {} -> {} bytes", args.out.display(), r.int8_bytes, r.float_bytes)
+    })
 }
 
 pub(crate) fn quantize(args: QuantizeArgs) -> Result<()> {

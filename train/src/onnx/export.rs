@@ -260,6 +260,8 @@ fn rgb_card(width: usize, height: usize, batch: usize) -> ModelCard {
         channels: ChannelOrder::Rgb,
         mean: [127.5; 3],
         std: [128.0; 3],
+        precision: normgate::card::Precision::Fp32,
+        variants: Default::default(),
         embedder: None,
         detector: None,
         refiner: None,

@@ -8,11 +8,11 @@
 //! QOperator (QLinearConv and QLinearMatMul with int32 bias).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
-use normgate::card::ModelCard;
+use normgate::card::{ModelCard, Precision};
 use normgate::runtime::Network;
 use normgate_core::quant::{self, QParams, Scheme};
 use tract_onnx::pb::tensor_proto::DataType;
@@ -450,6 +450,15 @@ pub fn quantize(model: &ModelProto, ranges: HashMap<String, (f32, f32)>, format:
     Ok(out)
 }
 
+/// The card's `variants` of a file written to `out` from `source` of
+/// precision `precision`: the source, when the two files sit side by side.
+pub fn sibling(source: &Path, out: &Path, precision: Precision) -> std::collections::BTreeMap<Precision, PathBuf> {
+    match (source.parent() == out.parent(), source.file_name()) {
+        (true, Some(name)) => [(precision, PathBuf::from(name))].into(),
+        _ => Default::default(),
+    }
+}
+
 /// What `quantize_file` did.
 #[derive(Debug, serde::Serialize)]
 pub struct QuantizeReport {
@@ -478,6 +487,11 @@ pub fn quantize_file(
     let names = calibration_tensors(&proto, format)?;
     let ranges = calibrate(model, &card, crops, &names, method)?;
     let quantized = quantize(&proto, ranges, format)?;
+    let card = ModelCard {
+        precision: Precision::Int8,
+        variants: sibling(model, out, Precision::Fp32),
+        ..card
+    };
     write(&quantized, &card, out)?;
     Ok(QuantizeReport {
         format,
