@@ -34,8 +34,6 @@ use crate::variant;
 const CROP_SCALE: f32 = 1.5;
 /// JPEG quality of uploaded crops.
 const JPEG_QUALITY: u8 = 90;
-/// Timed runs of each model variant under `auto` (after one warm-up).
-const TIMED_RUNS: usize = 5;
 
 /// The models every camera shares.
 pub struct Models {
@@ -54,10 +52,10 @@ impl Models {
             &section.detector,
             section.detector_variant,
             &section.variant_cache,
-            &mut |file| {
+            &mut |file, runs| {
                 let detector = Detector::load(file, &ModelCard::path_for(file))?;
                 let frame = RgbImage::from_pixel(640, 480, image::Rgb([128; 3]));
-                variant::median_time(TIMED_RUNS, &mut || detector.detect(&frame, detect).map(drop))
+                variant::median_time(runs, &mut || detector.detect(&frame, detect).map(drop))
             },
         )?;
         let locator = Locator::load(&detector, &section.refiner)?;
@@ -67,11 +65,11 @@ impl Models {
             &section.embedder,
             section.embedder_variant,
             &section.variant_cache,
-            &mut |file| {
+            &mut |file, runs| {
                 let embedder = Embedder::load(file, &ModelCard::path_for(file), section.batch)?;
                 let card = embedder.card();
                 let crops = vec![RgbImage::from_pixel(card.width, card.height, image::Rgb([128; 3])); section.batch];
-                variant::median_time(TIMED_RUNS, &mut || embedder.embed(&crops).map(drop))
+                variant::median_time(runs, &mut || embedder.embed(&crops).map(drop))
             },
         )?;
         let embedder = Embedder::load(&embedder, &ModelCard::path_for(&embedder), section.batch)?;

@@ -20,6 +20,11 @@ use crate::durable::write_atomic;
 use crate::embedded;
 use crate::record::content_key;
 
+/// Timed runs of each contending variant (after one warm-up).
+const TIMED_RUNS: usize = 5;
+/// A variant whose first run is this many times the fastest's is not timed further.
+const SLOWER: f64 = 2.0;
+
 /// Which variant of a model to run (`[models] detector_variant`, `embedder_variant`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -44,10 +49,15 @@ pub fn variants(path: &Path, card: &ModelCard) -> Vec<(Precision, PathBuf)> {
     out
 }
 
-/// Median time of `runs` calls of `run` after one warm-up call.
+/// Median time of `runs` calls of `run` after one warm-up call; with
+/// `runs` 0, the warm-up call's time.
 pub fn median_time(runs: usize, run: &mut dyn FnMut() -> Result<()>) -> Result<Duration> {
+    let start = Instant::now();
     run()?;
-    let mut times: Vec<Duration> = (0..runs.max(1))
+    if runs == 0 {
+        return Ok(start.elapsed());
+    }
+    let mut times: Vec<Duration> = (0..runs)
         .map(|_| {
             let start = Instant::now();
             run().map(|()| start.elapsed())
@@ -159,13 +169,14 @@ impl Cache {
 
 /// Picks the file to run for `role` (`detector`, `embedder`): the variant
 /// `choice` names, or with `auto` the faster of the card's variants as
-/// `time` measures each file (cached in `cache_path`).
+/// `time(file, runs)` measures each file (see [`median_time`]; cached in
+/// `cache_path`).
 pub fn pick(
     role: &str,
     path: &Path,
     choice: Choice,
     cache_path: &Path,
-    time: &mut dyn FnMut(&Path) -> Result<Duration>,
+    time: &mut dyn FnMut(&Path, usize) -> Result<Duration>,
 ) -> Result<PathBuf> {
     let card = ModelCard::load(&ModelCard::path_for(path))?;
     let all = variants(path, &card);
@@ -206,7 +217,7 @@ fn pick_timed(
     all: Vec<(Precision, PathBuf)>,
     key: Key,
     cache_path: &Path,
-    time: &mut dyn FnMut(&Path) -> Result<Duration>,
+    time: &mut dyn FnMut(&Path, usize) -> Result<Duration>,
 ) -> Result<PathBuf> {
     let mut cache = Cache::load(cache_path);
     if let Some(entry) = cache.get(role, &key) {
@@ -222,9 +233,20 @@ fn pick_timed(
             .1);
     }
     let started = Instant::now();
+    let mut timed =
+        |file: &Path, runs| time(file, runs).with_context(|| format!("timing the {role} variant {}", file.display()));
+    // One run of each first; a variant more than SLOWER times slower than
+    // the fastest is not timed further (its one run is its time), so a
+    // first start does not wait for many runs of a clearly slow file.
+    let first: Vec<Duration> = all.iter().map(|(_, file)| timed(file, 0)).collect::<Result<_>>()?;
+    let fastest = *first.iter().min().expect("at least one variant");
     let mut ms = BTreeMap::new();
-    for (precision, file) in &all {
-        let t = time(file).with_context(|| format!("timing the {role} variant {}", file.display()))?;
+    for ((precision, file), once) in all.iter().zip(&first) {
+        let t = if *once > fastest.mul_f64(SLOWER) {
+            *once
+        } else {
+            timed(file, TIMED_RUNS)?
+        };
         ms.insert(*precision, t.as_secs_f64() * 1e3);
     }
     let chosen = *ms
@@ -269,8 +291,8 @@ mod tests {
     }
 
     /// Times read from the file name: int8 slow, fp32 fast; counts calls.
-    fn fake_times(calls: &mut usize) -> impl FnMut(&Path) -> Result<Duration> + '_ {
-        move |file: &Path| {
+    fn fake_times(calls: &mut usize) -> impl FnMut(&Path, usize) -> Result<Duration> + '_ {
+        move |file: &Path, _runs| {
             *calls += 1;
             let slow = !file.to_string_lossy().contains("fp32");
             Ok(Duration::from_millis(if slow { 40 } else { 4 }))
@@ -295,11 +317,8 @@ mod tests {
             let chosen = pick_timed("embedder", all.clone(), key, &cache, &mut fake_times(&mut calls)).unwrap();
             (chosen, calls)
         };
-        assert_eq!(
-            timed(key.clone()),
-            (dir.join("m-fp32.onnx"), 2),
-            "both timed, the slow one lost"
-        );
+        // Both run once; the int8 file, ten times slower, is not timed further.
+        assert_eq!(timed(key.clone()), (dir.join("m-fp32.onnx"), 3), "the slow one lost");
         let entry = Cache::load(&cache).get("embedder", &key).cloned().unwrap();
         assert_eq!((entry.chosen, entry.ms[&Precision::Int8]), (Precision::Fp32, 40.0));
         // The same CPU and binary: no timing.
@@ -311,7 +330,7 @@ mod tests {
                 ..key.clone()
             })
             .1,
-            2
+            3
         );
         assert_eq!(
             timed(Key {
@@ -319,7 +338,7 @@ mod tests {
                 ..key.clone()
             })
             .1,
-            2
+            3
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -329,7 +348,7 @@ mod tests {
         let int8 = pair("forced");
         let dir = int8.parent().unwrap().to_path_buf();
         let cache = dir.join("cache.json");
-        let mut never = |_: &Path| -> Result<Duration> { panic!("a forced variant is not timed") };
+        let mut never = |_: &Path, _| -> Result<Duration> { panic!("a forced variant is not timed") };
         assert_eq!(
             pick("embedder", &int8, Choice::Fp32, &cache, &mut never).unwrap(),
             dir.join("m-fp32.onnx")
