@@ -165,12 +165,13 @@ pub fn run(config: &Config, reload: Option<&dyn Fn() -> Result<Config>>) -> Resu
         })?;
         feeds.push((camera, feed));
     }
-    let models = Models::load(&config.models, &config.detector.to_params()?)?;
+    let detect = config.detector.to_params()?;
+    let models = Models::load(&config.models, &detect)?;
     let recommended = models.embedder.recommended_threshold();
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
         models,
-        detect: config.detector.to_params()?,
+        detect,
         audit: match &config.audit {
             Some(a) => Some(Audit {
                 spool: Spool::open(&a.dir)?,
@@ -303,9 +304,9 @@ fn reload_gates(config: &Config, recommended: Option<f32>, pending: &[(String, A
 /// restart) from the re-read configuration's section of the same queue; an
 /// uploader whose new files are wrong keeps the old ones.
 fn reload_uploads(config: &Config, uploaders: &[Arc<Uploader>]) {
+    let cameras = config.cameras();
     for uploader in uploaders {
         let dir = uploader.queue().dir();
-        let cameras = config.cameras();
         let section = cameras
             .iter()
             .filter_map(|c| config.sink_for(c).upload.as_ref())

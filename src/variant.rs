@@ -187,13 +187,12 @@ pub fn pick(
         Choice::Int8 => Some(Precision::Int8),
     };
     if let Some(wanted) = wanted {
-        return match all.into_iter().find(|(p, _)| *p == wanted) {
-            Some((_, file)) => Ok(file),
+        return match all.iter().find(|(p, _)| *p == wanted) {
+            Some((_, file)) => Ok(file.clone()),
             None => bail!(
                 "{role}_variant = \"{wanted}\": the {role} {} has no {wanted} variant (its card lists {}); use \"auto\"",
                 path.display(),
-                variants(path, &card)
-                    .iter()
+                all.iter()
                     .map(|(p, _)| p.to_string())
                     .collect::<Vec<_>>()
                     .join(", ")

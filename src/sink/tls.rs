@@ -124,12 +124,7 @@ impl TlsFiles {
                 for cert in &certs {
                     check_dates(cert, path, "ca_file", now)?;
                 }
-                RootCerts::Specific(Arc::new(
-                    certs
-                        .iter()
-                        .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
-                        .collect(),
-                ))
+                RootCerts::Specific(Arc::new(ureq_certificates(&certs)))
             }
         };
         let mut builder = TlsConfig::builder().root_certs(roots);
@@ -138,6 +133,14 @@ impl TlsFiles {
         }
         Ok(builder.build())
     }
+}
+
+/// The same certificates in ureq's type.
+fn ureq_certificates(certs: &[CertificateDer]) -> Vec<ureq::tls::Certificate<'static>> {
+    certs
+        .iter()
+        .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+        .collect()
 }
 
 /// The operating system's trust store; an empty one is an error.
@@ -149,13 +152,7 @@ fn system_roots() -> Result<RootCerts> {
     if found.certs.is_empty() {
         bail!("trust = \"system\" found no CA certificate in the system store (install ca-certificates, or set SSL_CERT_FILE)");
     }
-    Ok(RootCerts::Specific(Arc::new(
-        found
-            .certs
-            .iter()
-            .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
-            .collect(),
-    )))
+    Ok(RootCerts::Specific(Arc::new(ureq_certificates(&found.certs))))
 }
 
 /// The client certificate chain and its key, checked to belong together.
@@ -170,7 +167,7 @@ fn client_identity(cert_path: &Path, key_path: &Path, now: SystemTime) -> Result
         )
     })?;
     let provider = rustls::crypto::ring::default_provider();
-    rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider).map_err(|e| {
+    rustls::sign::CertifiedKey::from_der(chain.clone(), key, &provider).map_err(|e| {
         anyhow::anyhow!(
             "the client_key {} does not belong to the client_cert {} ({e})",
             key_path.display(),
@@ -179,11 +176,7 @@ fn client_identity(cert_path: &Path, key_path: &Path, now: SystemTime) -> Result
     })?;
     let key = ureq::tls::PrivateKey::from_pem(&key_pem)
         .with_context(|| format!("the client_key {} is not usable", key_path.display()))?;
-    let chain: Vec<_> = chain
-        .iter()
-        .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
-        .collect();
-    Ok(ClientCert::new_with_certs(&chain, key))
+    Ok(ClientCert::new_with_certs(&ureq_certificates(&chain), key))
 }
 
 #[cfg(test)]

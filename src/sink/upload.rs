@@ -107,10 +107,10 @@ struct Link {
 
 impl Link {
     fn new(settings: UploadSettings) -> Result<Self> {
-        let uri = settings.url.parse::<ureq::http::Uri>();
         let scheme_ok = settings.url.starts_with("http://") || settings.url.starts_with("https://");
-        let Ok(uri) = uri.ok().filter(|_| scheme_ok).ok_or(()) else {
-            bail!("upload url {:?} is not an http:// or https:// URL", settings.url);
+        let uri = match settings.url.parse::<ureq::http::Uri>() {
+            Ok(uri) if scheme_ok => uri,
+            _ => bail!("upload url {:?} is not an http:// or https:// URL", settings.url),
         };
         let proxy = match &settings.proxy {
             Some(url) => Some(
