@@ -19,7 +19,7 @@ use crate::sink::queue::{Limits, WhenFull};
 use crate::sink::tls::{TlsFiles, Trust};
 use crate::sink::upload::{Method, UploadSettings};
 use crate::source::SourceSpec;
-use crate::tracking::TrackingSection;
+use crate::tracking::{CapturePolicy, TrackingSection};
 use crate::variant::Choice;
 
 /// The whole configuration file.
@@ -541,7 +541,8 @@ impl CameraSection {
     }
 }
 
-/// The camera used when the file names none: the bundled sample images.
+/// The camera used when the file names none: the bundled sample images,
+/// gated frame by frame.
 pub const DEFAULT_SOURCE: &str = "samples";
 
 /// The bundled samples that show no face (tests and the walk-by's backgrounds).
@@ -572,7 +573,13 @@ impl Config {
     /// The cameras to run: those configured, or the embedded default.
     pub fn cameras(&self) -> Vec<CameraSection> {
         if self.cameras.is_empty() {
-            vec![CameraSection::new("default", DEFAULT_SOURCE)]
+            let mut samples = CameraSection::new("default", DEFAULT_SOURCE);
+            // Unrelated still images, not a video: each face is gated on its own.
+            samples.tracking = Some(TrackingSection {
+                policy: CapturePolicy::PerFrame,
+                ..self.tracking
+            });
+            vec![samples]
         } else {
             self.cameras.clone()
         }

@@ -73,7 +73,7 @@ pub const DROP_REASONS: [&str; 6] = [
 ];
 
 /// What happens to a tracked face's crop instead of going out at once.
-pub const TRACKED_REASONS: [&str; 3] = ["held", "not_best", "not_embedded"];
+pub const TRACKED_REASONS: [&str; 4] = ["held", "not_best", "not_embedded", "contested"];
 
 fn uploads_histogram() -> Histogram {
     Histogram::new([0.0, 1.0, 2.0, 3.0, 5.0, 10.0])
@@ -134,7 +134,7 @@ pub struct Metrics {
     pub tracks_started: Family<CameraLabel, Counter>,
     /// Face tracks ended.
     pub tracks_ended: Family<CameraLabel, Counter>,
-    /// Faces whose crop waited on their track (`held`, `not_best`, `not_embedded`).
+    /// Faces whose crop waited on their track (`held`, `not_best`, `not_embedded`, `contested`).
     pub tracked_faces: Family<DropLabel, Counter>,
     /// Crops each ended track sent.
     pub track_uploads: Family<CameraLabel, Histogram>,

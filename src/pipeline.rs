@@ -27,7 +27,7 @@ use crate::record::{content_key, now_rfc3339, Crop, DecisionLog, FaceRecord};
 use crate::sink::spool::Spool;
 use crate::sink::Sink;
 use crate::source::{Frame, Item};
-use crate::tracking::{CameraTracks, Release};
+use crate::tracking::{CameraTracks, Observed, Release};
 use crate::variant;
 
 /// How much larger than the face box the uploaded crop is, per side.
@@ -127,6 +127,8 @@ pub struct CameraPipeline {
     shared: Arc<Shared>,
     /// The camera's face tracks; `None` sends crops frame by frame.
     tracks: Option<CameraTracks>,
+    /// Whether an unconfirmed track has been reported at info level.
+    unconfirmed_noted: AtomicBool,
 }
 
 impl CameraPipeline {
@@ -145,6 +147,7 @@ impl CameraPipeline {
             sink,
             shared,
             tracks,
+            unconfirmed_noted: AtomicBool::new(false),
         })
     }
 
@@ -166,9 +169,13 @@ impl CameraPipeline {
 
     /// The tracks of this frame's faces (all `None` without tracking), and
     /// the crops of tracks that ended or whose window closed.
-    fn track(&mut self, frame: &Frame, faces: &[Face]) -> (Vec<Option<u64>>, Vec<Release>) {
+    fn track(&mut self, frame: &Frame, faces: &[Face]) -> Observed {
         let Some(tracks) = &mut self.tracks else {
-            return (vec![None; faces.len()], Vec::new());
+            return Observed {
+                tracks: vec![None; faces.len()],
+                contested: vec![false; faces.len()],
+                releases: Vec::new(),
+            };
         };
         let boxes: Vec<[f32; 4]> = faces.iter().map(|f| f.bbox).collect();
         let bounds = [frame.image.width() as f32, frame.image.height() as f32];
@@ -206,7 +213,9 @@ impl CameraPipeline {
                 .track_seconds
                 .get_or_create(&label)
                 .observe(tracks.duration_s(release.frames));
-            if sent == 0 {
+            if release.unconfirmed {
+                self.note_unconfirmed(&release, tracks.confirm_hits());
+            } else if sent == 0 {
                 log::info!(
                     "{}: track {} (frames {}-{}) ended without a crop that passed the gate",
                     self.id,
@@ -227,6 +236,26 @@ impl CameraPipeline {
         self.deliver(&crop, &mut record);
         self.count_outcome(&record);
         records.push(record);
+    }
+
+    /// Says why a track's crop was not sent: once at info level with the
+    /// fix for still images (each a track of one frame), then at debug level.
+    fn note_unconfirmed(&self, release: &Release, confirm_hits: u32) {
+        let first = !self.unconfirmed_noted.swap(true, Ordering::Relaxed);
+        let level = if first { log::Level::Info } else { log::Level::Debug };
+        log::log!(
+            level,
+            "{}: track {} (frames {}-{}) ended before it was seen in {confirm_hits} frames: taken for a passing detection, its crop is not sent{}",
+            self.id,
+            release.track,
+            release.frames[0],
+            release.frames[1],
+            if first {
+                " (for a source of unrelated still images, set [tracking] policy = \"per_frame\")"
+            } else {
+                ""
+            }
+        );
     }
 
     fn count_outcome(&self, record: &FaceRecord) {
@@ -255,16 +284,23 @@ impl CameraPipeline {
             .iter()
             .map(|f| self.gate.precheck(f.short_side(), f.score))
             .collect();
-        let (mut tracks, mut releases) = self.track(frame, &faces);
-        // A face is embedded when the gate will judge it and its track (if
-        // any) still needs a better crop ([`CameraTracks::needs_embedding`]).
+        let Observed {
+            mut tracks,
+            contested,
+            mut releases,
+        } = self.track(frame, &faces);
+        // A face is embedded when the gate will judge it, no two tracks
+        // contest it, and its track (if any) still needs a better crop
+        // ([`CameraTracks::needs_embedding`]).
         let threshold = self.gate.base_threshold();
         let embed: Vec<bool> = faces
             .iter()
             .zip(&prechecks)
             .zip(&tracks)
-            .map(|((face, precheck), track)| {
+            .zip(&contested)
+            .map(|(((face, precheck), track), contested)| {
                 precheck.is_none()
+                    && !contested
                     && match (track, &self.tracks) {
                         (Some(id), Some(t)) => t.needs_embedding(*id, frame.index, face.short_side(), threshold),
                         _ => true,
@@ -312,7 +348,7 @@ impl CameraPipeline {
                 norm: 0.0,
                 threshold,
                 pass: false,
-                reason: "not_embedded".into(),
+                reason: if contested[index] { "contested" } else { "not_embedded" }.into(),
                 key: None,
                 crop_region: None,
                 track: tracks[index],

@@ -38,7 +38,8 @@ pub struct FaceRecord {
     /// Why: `passed`, `low_norm`, `small_face`, `low_detector_score`,
     /// `queue_full`, ...; with tracking also `held` (the track's best crop so
     /// far), `not_best` (the track holds a better one), `not_embedded` (the
-    /// track holds a good crop and the face was not embedded) and
+    /// track holds a good crop and the face was not embedded), `contested`
+    /// (two tracks claimed the face alike: people crossing) and
     /// `best_of_track` (a held crop sent when its track ended or its window closed).
     pub reason: String,
     /// Idempotency key of the uploaded crop (SHA-256 of its JPEG), for passing crops.

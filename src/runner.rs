@@ -45,7 +45,7 @@ pub struct CameraSummary {
     pub passed: u64,
     /// Dropped crops by reason.
     pub dropped: BTreeMap<String, u64>,
-    /// Faces whose crop waited on their track, by reason (`held`, `not_best`, `not_embedded`).
+    /// Faces whose crop waited on their track, by reason (`held`, `not_best`, `not_embedded`, `contested`).
     pub tracked: BTreeMap<String, u64>,
     /// Face tracks opened.
     pub tracks_started: u64,

@@ -118,6 +118,23 @@ pub struct Release {
     pub crop: Option<Crop>,
     /// Set when the track ended: crops it released over its life, this one included.
     pub ended_after: Option<u32>,
+    /// The track ended before it was confirmed (seen in fewer than
+    /// `confirm_hits` frames): a passing detection, a face half-hidden for a
+    /// frame or a split-off fragment of someone's track; its crop is not sent.
+    pub unconfirmed: bool,
+}
+
+/// What tracking made of one frame's faces.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// The track of each face (`None`: contested, or no room left: the face
+    /// goes frame by frame).
+    pub tracks: Vec<Option<u64>>,
+    /// Faces that two tracks claimed alike (`Tracker::update`): they belong
+    /// to no track and are neither embedded nor sent.
+    pub contested: Vec<bool>,
+    /// Crops of the tracks that ended and of the windows that closed.
+    pub releases: Vec<Release>,
 }
 
 struct Held {
@@ -130,6 +147,7 @@ pub struct CameraTracks {
     tracker: Tracker,
     held: HashMap<u64, Held>,
     shot: ShotConfig,
+    confirm_hits: u32,
     seconds_per_frame: f64,
     started: usize,
 }
@@ -145,6 +163,7 @@ impl CameraTracks {
             tracker: Tracker::new(section.tracker())?,
             held: HashMap::new(),
             shot: section.shot(),
+            confirm_hits: section.confirm_hits,
             seconds_per_frame: 1.0 / f64::from(fps.max(1)),
             started: 0,
         }))
@@ -155,9 +174,9 @@ impl CameraTracks {
     }
 
     /// Takes a frame's face boxes (the frame `bounds` wide and high): the
-    /// track of each (`None`: no room, the face goes frame by frame), and the
-    /// crops of the tracks that ended and of the windows that closed.
-    pub fn observe(&mut self, frame: u64, boxes: &[BoxXyxy], bounds: [f32; 2]) -> (Vec<Option<u64>>, Vec<Release>) {
+    /// track of each, and the crops of the tracks that ended and of the
+    /// windows that closed.
+    pub fn observe(&mut self, frame: u64, boxes: &[BoxXyxy], bounds: [f32; 2]) -> Observed {
         let update = self.tracker.update(frame, boxes, bounds);
         let mut releases: Vec<Release> = update.ended.iter().map(|e| self.end(e)).collect();
         let now = self.seconds(frame);
@@ -168,7 +187,7 @@ impl CameraTracks {
             let Some(held) = self.held.get_mut(&track.id) else {
                 continue;
             };
-            if held.best.window_closed(now, &self.shot) {
+            if track.confirmed() && held.best.window_closed(now, &self.shot) {
                 if let Some(shot) = held.best.release(now) {
                     held.released += 1;
                     releases.push(Release {
@@ -176,11 +195,16 @@ impl CameraTracks {
                         frames: [track.first_frame, track.last_frame],
                         crop: Some(shot.payload),
                         ended_after: None,
+                        unconfirmed: false,
                     });
                 }
             }
         }
-        (update.assigned, releases)
+        Observed {
+            tracks: update.assigned,
+            contested: update.contested,
+            releases,
+        }
     }
 
     /// Opens the held-crop slot of a track seen for the first time.
@@ -202,13 +226,18 @@ impl CameraTracks {
 
     fn end(&mut self, ended: &Ended) -> Release {
         let mut held = self.held.remove(&ended.id);
-        let crop = held.as_mut().and_then(|h| h.best.release(0.0)).map(|s| s.payload);
+        let crop = held
+            .as_mut()
+            .and_then(|h| h.best.release(0.0))
+            .map(|s| s.payload)
+            .filter(|_| ended.confirmed);
         let before = held.map_or(0, |h| h.released);
         Release {
             track: ended.id,
             frames: [ended.first_frame, ended.last_frame],
             ended_after: Some(before + u32::from(crop.is_some())),
             crop,
+            unconfirmed: !ended.confirmed,
         }
     }
 
@@ -270,6 +299,11 @@ impl CameraTracks {
         ended.iter().map(|e| self.end(e)).collect()
     }
 
+    /// Frames a track must be seen in before its crop is sent.
+    pub fn confirm_hits(&self) -> u32 {
+        self.confirm_hits
+    }
+
     /// Seconds a track of these frames lasted.
     pub fn duration_s(&self, frames: [u64; 2]) -> f64 {
         self.seconds(frames[1].saturating_sub(frames[0]) + 1)
@@ -323,7 +357,11 @@ mod tests {
         let mut id = 0;
         for (frame, norm) in norms.iter().enumerate() {
             let frame = frame as u64;
-            let (assigned, releases) = tracks.observe(frame, &[face(100.0 + 5.0 * frame as f32)], FRAME);
+            let Observed {
+                tracks: assigned,
+                releases,
+                ..
+            } = tracks.observe(frame, &[face(100.0 + 5.0 * frame as f32)], FRAME);
             assert_eq!(tracks.take_started(), usize::from(frame == 0));
             assert!(releases.is_empty());
             id = assigned[0].unwrap();
@@ -335,7 +373,7 @@ mod tests {
         }
         let mut out = Vec::new();
         for frame in 4..8 {
-            out.extend(tracks.observe(frame, &[], FRAME).1);
+            out.extend(tracks.observe(frame, &[], FRAME).releases);
         }
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].track, id);
@@ -343,6 +381,19 @@ mod tests {
         assert_eq!(out[0].crop.as_ref().unwrap().record.frame, 1, "the 9.0 crop");
         assert_eq!(out[0].ended_after, Some(1));
         assert!(tracks.finish().is_empty());
+    }
+
+    #[test]
+    fn a_face_seen_in_one_frame_sends_nothing_and_says_why() {
+        let mut tracks = CameraTracks::new(&TrackingSection::default(), 15).unwrap().unwrap();
+        let id = tracks.observe(0, &[face(100.0)], FRAME).tracks[0].unwrap();
+        tracks.embedded(id, 0, &[1.0], true);
+        assert!(tracks.hold(id, crop(0, 9.0), 60.0));
+        let ended = tracks.observe(1, &[], FRAME).releases;
+        assert_eq!(ended.len(), 1);
+        assert!(ended[0].unconfirmed && ended[0].crop.is_none());
+        assert_eq!(ended[0].ended_after, Some(0));
+        assert_eq!(tracks.confirm_hits(), 2);
     }
 
     #[test]
@@ -355,7 +406,11 @@ mod tests {
         let mut tracks = CameraTracks::new(&section, 5).unwrap().unwrap();
         let mut sent = Vec::new();
         for frame in 0..25u64 {
-            let (assigned, releases) = tracks.observe(frame, &[face(200.0)], FRAME);
+            let Observed {
+                tracks: assigned,
+                releases,
+                ..
+            } = tracks.observe(frame, &[face(200.0)], FRAME);
             sent.extend(releases);
             let id = assigned[0].unwrap();
             tracks.embedded(id, frame, &[1.0], true);
@@ -372,13 +427,13 @@ mod tests {
     #[test]
     fn only_a_trusted_direction_can_take_a_face_from_its_track() {
         let mut tracks = CameraTracks::new(&TrackingSection::default(), 15).unwrap().unwrap();
-        let id = tracks.observe(0, &[face(100.0)], FRAME).0[0].unwrap();
+        let id = tracks.observe(0, &[face(100.0)], FRAME).tracks[0].unwrap();
         assert_eq!(tracks.embedded(id, 0, &[1.0, 0.0], true).0, id);
         // A dark frame's direction disagrees, but its norm says it is noise.
-        let again = tracks.observe(1, &[face(100.0)], FRAME).0[0].unwrap();
+        let again = tracks.observe(1, &[face(100.0)], FRAME).tracks[0].unwrap();
         assert_eq!(tracks.embedded(again, 1, &[0.0, 1.0], false).0, id);
         // A good crop that disagrees is someone else.
-        let again = tracks.observe(2, &[face(100.0)], FRAME).0[0].unwrap();
+        let again = tracks.observe(2, &[face(100.0)], FRAME).tracks[0].unwrap();
         let (other, ended) = tracks.embedded(again, 2, &[0.0, 1.0], true);
         assert_ne!(other, id);
         assert!(ended.is_empty());

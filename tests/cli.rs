@@ -64,9 +64,20 @@ fn the_readme_main_command_runs_on_the_embedded_default() {
 fn the_binary_runs_the_gate_from_an_empty_directory_with_its_embedded_models() {
     let dir = scratch("empty-dir");
     let samples = root().join("samples").display().to_string();
+    // Unrelated photos, not a video: gated one by one.
+    std::fs::write(dir.join("photos.toml"), "[tracking]\npolicy = \"per_frame\"\n").unwrap();
     let out = command()
         .current_dir(&dir)
-        .args(["run", "--json", "--metrics", "off", "--source", &samples])
+        .args([
+            "run",
+            "--json",
+            "--metrics",
+            "off",
+            "--config",
+            "photos.toml",
+            "--source",
+            &samples,
+        ])
         .output()
         .unwrap();
     let v = json(&out);

@@ -526,6 +526,30 @@ fn each_person_sends_one_crop_when_their_track_ends() {
 }
 
 #[test]
+fn a_face_in_a_single_frame_is_taken_for_a_passing_detection_and_not_sent() {
+    let dir = scratch("tracks-single");
+    let server = Server::start();
+    let run = Run::new(&dir, &server.url, &tracking_every_face());
+    let (child, mut stdin) = run.spawn("off");
+    let stream = [empty_frames(2), walking(0, 1), empty_frames(4)].concat().concat();
+    stdin.write_all(&stream).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let summary = summary(out);
+    // The face passed the gate and was held, but its track never reached `confirm_hits`.
+    let decisions = run.decisions();
+    assert_eq!(decisions.len(), 1, "{decisions:#?}");
+    assert_eq!(decisions[0]["reason"], "held");
+    assert_eq!(summary["cameras"][0]["tracks_ended"], 1);
+    assert_eq!(summary["cameras"][0]["passed"], 0);
+    assert!(stderr.contains("taken for a passing detection"), "{stderr}");
+    assert!(stderr.contains("policy = \"per_frame\""), "{stderr}");
+    assert!(server.keys().is_empty());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn a_track_whose_crops_never_pass_sends_nothing_and_says_so() {
     let dir = scratch("tracks-none");
     let server = Server::start();

@@ -10,6 +10,11 @@
 //! detection leaves no lasting track); a confirmed track is lost while it
 //! misses and ends after more than `max_missed` frames without a match.
 //!
+//! A detection that two confirmed tracks both match best, about equally
+//! and with as many misses, is contested (one face where two people were: they cross, one hides the
+//! other): no track takes it and both coast, as a guess would put two
+//! people in one track.
+//!
 //! A lost track whose predicted box is mostly outside the frame ends at once:
 //! its person left, and a newcomer at that edge must not inherit it.
 //!
@@ -29,6 +34,12 @@ use crate::{Error, Result};
 
 /// A box `[x1, y1, x2, y2]` in frame pixels.
 pub type BoxXyxy = [f32; 4];
+
+/// A detection that two confirmed tracks match best is contested when the
+/// runner-up overlaps it at least this share of the best's overlap: the
+/// filters cannot tell whose face it is (people crossing, one hiding the
+/// other), and a wrong guess would put two people in one track.
+pub const CONTESTED: f32 = 0.5;
 
 /// How tracks are formed and ended.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -181,8 +192,13 @@ impl From<&Track> for Ended {
 /// What one frame did to the tracks.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FrameTracks {
-    /// The track of each detection, in the detections' order (`None`: no room).
+    /// The track of each detection, in the detections' order (`None`: no
+    /// room, or contested).
     pub assigned: Vec<Option<u64>>,
+    /// Detections that two confirmed tracks claimed alike ([`CONTESTED`]):
+    /// one face where two people were, so motion cannot say whose it is;
+    /// no track takes them, and the tracks coast until the faces part.
+    pub contested: Vec<bool>,
     /// Tracks that ended with this frame.
     pub ended: Vec<Ended>,
 }
@@ -235,6 +251,8 @@ impl Tracker {
                 }
             }
         }
+        let contested = self.contested(&pairs, detections.len());
+        pairs.retain(|&(_, _, di)| !contested[di]);
         // Best overlap first; ties by index, so the result never depends on sort stability.
         pairs.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
         let mut assigned: Vec<Option<u64>> = alloc::vec![None; detections.len()];
@@ -283,11 +301,46 @@ impl Tracker {
             !over
         });
         for (di, d) in detections.iter().enumerate() {
-            if assigned[di].is_none() {
+            if assigned[di].is_none() && !contested[di] {
                 assigned[di] = self.open(frame, d, &mut ended);
             }
         }
-        FrameTracks { assigned, ended }
+        FrameTracks {
+            assigned,
+            contested,
+            ended,
+        }
+    }
+
+    /// Which detections are contested: the best match of two confirmed
+    /// tracks or more, of those matched most recently (a lost track parked
+    /// where someone else now stands does not contest the face of a track
+    /// that just saw it), the runner-up's overlap at least [`CONTESTED`] of
+    /// the best's (`pairs`: overlap, track index, detection index).
+    fn contested(&self, pairs: &[(f32, usize, usize)], detections: usize) -> Vec<bool> {
+        // Per detection, the claims (misses, overlap) of the confirmed tracks that match it best.
+        let mut claims: Vec<Vec<(u32, f32)>> = alloc::vec![Vec::new(); detections];
+        for (ti, t) in self.tracks.iter().enumerate() {
+            if !t.confirmed() {
+                continue;
+            }
+            let best = pairs
+                .iter()
+                .filter(|p| p.1 == ti)
+                .max_by(|a, b| a.0.total_cmp(&b.0).then(b.2.cmp(&a.2)));
+            if let Some(&(overlap, _, di)) = best {
+                claims[di].push((t.missed, overlap));
+            }
+        }
+        claims
+            .iter_mut()
+            .map(|c| {
+                let fewest = c.iter().map(|&(missed, _)| missed).min().unwrap_or(0);
+                c.retain(|&(missed, _)| missed == fewest);
+                c.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+                c.len() >= 2 && c[1].1 >= CONTESTED * c[0].1
+            })
+            .collect()
     }
 
     /// A new track for an unmatched detection, ending the longest-lost track
@@ -625,8 +678,11 @@ mod tests {
     fn crossing_paths_keep_identities_by_their_motion() {
         // Two faces walk towards each other on the same line and pass; the
         // detector sees only the front one for the frames they overlap most.
+        // That face is contested (both filters expect a face there), so
+        // neither track takes it; both coast and pick up their own faces.
         let mut t = tracker();
         let (mut a_ids, mut b_ids) = (Vec::new(), Vec::new());
+        let mut contested = 0;
         for frame in 0..50u64 {
             let f = frame as f32;
             let (a, b) = (
@@ -634,8 +690,14 @@ mod tests {
                 face_at(600.0 - 11.0 * f, 210.0, 60.0),
             );
             if iou(&a, &b) > 0.3 {
-                let id = t.update(frame, &[a], FRAME).assigned[0];
-                a_ids.push(id.unwrap());
+                let update = t.update(frame, &[a], FRAME);
+                match update.assigned[0] {
+                    Some(id) => a_ids.push(id),
+                    None => {
+                        assert!(update.contested[0]);
+                        contested += 1;
+                    }
+                }
                 continue;
             }
             let assigned = t.update(frame, &[a, b], FRAME).assigned;
@@ -644,6 +706,8 @@ mod tests {
         }
         assert!(a_ids.iter().all(|&id| id == a_ids[0]), "{a_ids:?}");
         assert!(b_ids.iter().all(|&id| id == b_ids[0]), "{b_ids:?}");
+        assert_ne!(a_ids[0], b_ids[0]);
+        assert!(contested > 0);
     }
 
     #[test]

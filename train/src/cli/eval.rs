@@ -161,6 +161,10 @@ pub(crate) struct EvalWalkbyArgs {
     /// The project's samples (the backgrounds).
     #[arg(long, default_value = "samples")]
     samples: PathBuf,
+    /// A TOML file of `[tracking]` keys (as in the device's configuration)
+    /// to run with instead of the defaults; `policy` is set per run.
+    #[arg(long)]
+    tracking: Option<PathBuf>,
     #[command(flatten)]
     teacher: super::TeacherArgs,
     /// Print one JSON object on stdout.
@@ -283,6 +287,16 @@ fn walkby(args: EvalWalkbyArgs) -> Result<()> {
         args.teacher.models.join("mobilefacenet_foamliu_fp32.onnx"),
         args.teacher.cards.join("mobilefacenet.toml"),
     );
+    let tracking = match &args.tracking {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let section: normgate::tracking::TrackingSection =
+                toml::from_str(&text).with_context(|| format!("{} holds no valid [tracking] keys", file.display()))?;
+            section.validate().with_context(|| file.display().to_string())?;
+            section
+        }
+        None => Default::default(),
+    };
     let inputs = normgate_train::eval::walkby::Inputs {
         data: args.teacher.data,
         samples: args.samples,
@@ -291,6 +305,7 @@ fn walkby(args: EvalWalkbyArgs) -> Result<()> {
         people: args.people,
         seed: args.seed,
         models,
+        tracking,
         teacher,
     };
     let r = normgate_train::eval::walkby::evaluate(&inputs)?;

@@ -30,6 +30,8 @@ pub const FPS: u32 = 15;
 /// The part of a 250x250 LFW image that is pasted: the face with some hair,
 /// neck and background around it, `[x, y, w, h]`.
 const CUTOUT: [u32; 4] = [60, 40, 130, 170];
+/// Width of the oval's soft edge, as a share of its radius.
+const OVAL_EDGE: f32 = 0.15;
 
 /// How people move through the scene.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +69,19 @@ pub struct Placed {
     pub person: usize,
     /// The pasted cutout `[x1, y1, x2, y2]`, clipped to the frame.
     pub bbox: [f32; 4],
+    /// The same, unclipped: where its oval lies.
+    pub cutout: [f32; 4],
+}
+
+impl Placed {
+    /// Whether the cutout's oval shows at `(x, y)` more than its
+    /// background does (the blend's alpha above one half, [`paste_oval`]).
+    fn shows(&self, x: f32, y: f32) -> bool {
+        let [x1, y1, x2, y2] = self.cutout;
+        let dx = (x - x1) / (x2 - x1) * 2.0 - 1.0;
+        let dy = (y - y1) / (y2 - y1) * 2.0 - 1.0;
+        (dx * dx + dy * dy).sqrt() < 1.0 - OVAL_EDGE / 2.0
+    }
 }
 
 /// What the walk-by shows, frame by frame.
@@ -97,12 +112,17 @@ impl Truth {
         format!("{i:06}.jpg")
     }
 
-    /// The person a detection shows: the one whose cutout holds the
-    /// detection's centre, the nearest cutout centre when several do.
+    /// The person a detection shows: the one whose oval is on top at the
+    /// detection's centre (faces are pasted in order, so the last that shows
+    /// there hides the others); failing that, the one whose cutout holds the
+    /// centre, the nearest cutout centre when several do.
     pub fn person_at(&self, frame: usize, bbox: &[f32; 4]) -> Option<usize> {
         let (cx, cy) = ((bbox[0] + bbox[2]) / 2.0, (bbox[1] + bbox[3]) / 2.0);
-        self.frames
-            .get(frame)?
+        let placed = self.frames.get(frame)?;
+        if let Some(top) = placed.iter().rev().find(|p| p.shows(cx, cy)) {
+            return Some(top.person);
+        }
+        placed
             .iter()
             .filter(|p| p.bbox[0] <= cx && cx <= p.bbox[2] && p.bbox[1] <= cy && cy <= p.bbox[3])
             .min_by(|a, b| {
@@ -241,15 +261,20 @@ pub fn make(candidates: &[(String, String, Vec<String>)], people: usize, seed: u
     for p in &paths {
         for (k, &(cx, cy, h)) in p.steps.iter().enumerate() {
             let w = h * CUTOUT[2] as f32 / CUTOUT[3] as f32;
+            let cutout = [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0];
             let bbox = [
-                (cx - w / 2.0).max(0.0),
-                (cy - h / 2.0).max(0.0),
-                (cx + w / 2.0).min(WIDTH as f32),
-                (cy + h / 2.0).min(HEIGHT as f32),
+                cutout[0].max(0.0),
+                cutout[1].max(0.0),
+                cutout[2].min(WIDTH as f32),
+                cutout[3].min(HEIGHT as f32),
             ];
             // A cutout less than a third inside the frame shows no face.
             if (bbox[2] - bbox[0]) * 3.0 >= w && bbox[3] > bbox[1] {
-                frames[p.start + k].push(Placed { person: p.person, bbox });
+                frames[p.start + k].push(Placed {
+                    person: p.person,
+                    bbox,
+                    cutout,
+                });
             }
         }
     }
@@ -336,7 +361,7 @@ fn paste_oval(frame: &mut RgbImage, cutout: &RgbImage, cx: f32, cy: f32, h: f32)
         let dx = (x as f32 + 0.5) / sw * 2.0 - 1.0;
         let dy = (y as f32 + 0.5) / sh * 2.0 - 1.0;
         let r = (dx * dx + dy * dy).sqrt();
-        let alpha = ((1.0 - r) / 0.15).clamp(0.0, 1.0);
+        let alpha = ((1.0 - r) / OVAL_EDGE).clamp(0.0, 1.0);
         let dst = frame.get_pixel_mut(fx as u32, fy as u32);
         for c in 0..3 {
             dst.0[c] = (alpha * f32::from(px.0[c]) + (1.0 - alpha) * f32::from(dst.0[c])).round() as u8;
@@ -421,5 +446,26 @@ mod tests {
             serde_json::to_string(&again).unwrap(),
             serde_json::to_string(&truth).unwrap()
         );
+    }
+
+    #[test]
+    fn a_detection_where_two_cutouts_overlap_shows_the_one_on_top() {
+        let at = |person, x: f32| Placed {
+            person,
+            bbox: [x, 100.0, x + 100.0, 230.0],
+            cutout: [x, 100.0, x + 100.0, 230.0],
+        };
+        let truth = Truth {
+            seed: 0,
+            fps: FPS,
+            people: Vec::new(),
+            // Person 1 is pasted last, over person 0.
+            frames: vec![vec![at(0, 100.0), at(1, 140.0)]],
+            degraded: vec![String::new()],
+        };
+        // Nearer person 0's centre (150) than person 1's (190), but on person 1's oval.
+        assert_eq!(truth.person_at(0, &[135.0, 140.0, 195.0, 190.0]), Some(1));
+        // Left of person 1's oval only person 0 shows.
+        assert_eq!(truth.person_at(0, &[110.0, 140.0, 150.0, 190.0]), Some(0));
     }
 }

@@ -14,9 +14,6 @@ use normgate::runner::Summary;
 use normgate::tracking::{CapturePolicy, TrackingSection};
 use normgate_core::align::{align_rgb8, ARCFACE_112X112};
 use normgate_core::norm::cosine;
-use rand::rngs::StdRng;
-use rand::seq::IndexedRandom;
-use rand::SeedableRng;
 use serde::Serialize;
 
 use crate::data::datasets::read_rgb;
@@ -41,6 +38,8 @@ pub struct Inputs {
     pub seed: u64,
     /// The device's models.
     pub models: ModelsSection,
+    /// The tracking settings (the policy is set per run).
+    pub tracking: TrackingSection,
     /// The teacher recognizer (model, card): the server.
     pub teacher: Model,
 }
@@ -87,8 +86,9 @@ pub struct PolicyReport {
     pub frames_per_s: f64,
     /// The sent crops against each person's gallery.
     pub sent: Worth,
-    /// A random gate-passing frame of each track that sent a crop, against
-    /// the gallery (tracking runs only): what the best shot is measured against.
+    /// A gate-passing frame drawn at random from each track that sent a
+    /// crop, against the gallery, as the expectation over all of them
+    /// (tracking runs only): what the best shot is measured against.
     pub random_passing_frame: Option<Worth>,
 }
 
@@ -167,7 +167,7 @@ fn run(inputs: &Inputs, truth: &Truth, policy: CapturePolicy) -> Result<(Summary
     };
     config.tracking = TrackingSection {
         policy,
-        ..TrackingSection::default()
+        ..inputs.tracking
     };
     config.sink.spool = dir.join("spool");
     config.log.decisions = dir.join("decisions.jsonl");
@@ -250,6 +250,32 @@ fn worth(features: &[Vec<f32>], people: &[usize], galleries: &[Vec<f32>], thresh
         crops: cosines.len(),
         verified: cosines.iter().filter(|&&c| c >= threshold).count() as f64 / n,
         mean_cosine: cosines.iter().sum::<f64>() / n,
+    }
+}
+
+/// [`worth`] of one frame drawn at random from each group (`owners`: the
+/// group of each feature), as its expectation: each group's share and mean
+/// cosine, averaged over the groups.
+fn expected_worth(
+    features: &[Vec<f32>],
+    people: &[usize],
+    owners: &[usize],
+    galleries: &[Vec<f32>],
+    threshold: f64,
+) -> Worth {
+    let mut groups: BTreeMap<usize, (f64, f64, usize)> = BTreeMap::new();
+    for ((f, &p), &owner) in features.iter().zip(people).zip(owners) {
+        let c = f64::from(cosine(f, &galleries[p]));
+        let g = groups.entry(owner).or_default();
+        g.0 += f64::from(u8::from(c >= threshold));
+        g.1 += c;
+        g.2 += 1;
+    }
+    let n = groups.len().max(1) as f64;
+    Worth {
+        crops: groups.len(),
+        verified: groups.values().map(|g| g.0 / g.2 as f64).sum::<f64>() / n,
+        mean_cosine: groups.values().map(|g| g.1 / g.2 as f64).sum::<f64>() / n,
     }
 }
 
@@ -356,21 +382,29 @@ fn score(
     let people_of: Vec<usize> = scored.iter().map(|(_, p)| *p).collect();
     let sent_worth = worth(&features, &people_of, galleries, threshold);
     let random_passing_frame = if policy == CapturePolicy::BestPerTrack {
-        let mut rng = StdRng::seed_from_u64(inputs.seed);
-        let mut chosen = Vec::new();
-        let mut chosen_people = Vec::new();
-        for (r, p) in &scored {
-            let passing: Vec<&&FaceRecord> = per_face
+        // The expectation over every passing frame of each sending track
+        // (not one draw: a draw of 40-odd crops is too noisy to rank against).
+        let mut frames = Vec::new();
+        let mut owners = Vec::new();
+        let mut people_of_frames = Vec::new();
+        for (k, (r, p)) in scored.iter().enumerate() {
+            for f in per_face
                 .iter()
                 .filter(|f| f.track == r.track && (f.reason == "held" || f.reason == "not_best"))
-                .collect();
-            if let Some(f) = passing.choose(&mut rng) {
-                chosen.push(**f);
-                chosen_people.push(*p);
+            {
+                frames.push(*f);
+                owners.push(k);
+                people_of_frames.push(*p);
             }
         }
-        let features = teacher_features(inputs, &chosen)?;
-        Some(worth(&features, &chosen_people, galleries, threshold))
+        let features = teacher_features(inputs, &frames)?;
+        Some(expected_worth(
+            &features,
+            &people_of_frames,
+            &owners,
+            galleries,
+            threshold,
+        ))
     } else {
         None
     };
@@ -413,5 +447,18 @@ mod tests {
         // cos = 1 / sqrt(1 + (i/100)^2) >= 0.7 for i <= 102.
         assert_eq!(w.crops, 200);
         assert!((w.verified - 103.0 / 200.0).abs() < 1e-9, "{}", w.verified);
+        // Two tracks: one verified in 1 frame of 4, one in both of its 2.
+        let features = vec![
+            vec![1.0, 0.0, 0.0],
+            vec![0.0, 0.0, 1.0],
+            vec![0.0, 0.0, 1.0],
+            vec![0.0, 0.0, 1.0],
+            vec![0.0, 1.0, 0.0],
+            vec![0.0, 1.0, 0.0],
+        ];
+        let e = expected_worth(&features, &[0, 0, 0, 0, 1, 1], &[0, 0, 0, 0, 1, 1], &galleries, 0.5);
+        assert_eq!(e.crops, 2);
+        assert!((e.verified - (0.25 + 1.0) / 2.0).abs() < 1e-9, "{}", e.verified);
+        assert!((e.mean_cosine - (0.25 + 1.0) / 2.0).abs() < 1e-9, "{}", e.mean_cosine);
     }
 }
