@@ -23,7 +23,9 @@ pub mod landmarks;
 pub mod runtime;
 pub mod variant;
 
-// The gate: one camera's pipeline, its face tracks, a still image's path, the decision record.
+// The gate: one camera's pipeline, its face tracks, a still image's path,
+// the decision record, and the threshold chosen from recorded norms.
+pub mod calibrate;
 pub mod pipeline;
 pub mod record;
 pub mod still;

@@ -7,14 +7,15 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use normgate::card::ModelCard;
-use normgate::config::{CameraSection, Config, UploadSection};
-use normgate::embedded;
+use normgate::config::{CameraSection, Config, PolicySection, SinkSection, UploadSection};
 use normgate::landmarks::Locator;
 use normgate::pipeline::load_embedder;
 use normgate::record::content_key;
 use normgate::runner::{self, Summary};
 use normgate::sink::upload::check as check_upload;
 use normgate::still::embed_main_face;
+use normgate::tracking::CapturePolicy;
+use normgate::{calibrate, durable, embedded};
 use normgate_core::norm::l2_norm;
 
 /// Edge face-quality gate: uploads only the face crops whose feature norm says they are worth it.
@@ -27,7 +28,7 @@ struct Cli {
 
 /// Settings of `run` that override the configuration file (flags win over
 /// environment variables, which win over the file).
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Default)]
 struct Overrides {
     /// Replace the configured cameras by one source: a directory, an image,
     /// a glob, an .mjpeg file, mjpeg:PATH, - for an MJPEG stream on stdin,
@@ -140,6 +141,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the fixed threshold that drops a share of the faces a camera
+    /// sees, from a decision log or from a run over a source made for it,
+    /// with the norm histogram as a PNG and the configuration lines to use.
+    Calibrate {
+        /// The configuration whose models and gate limits to use (and cameras, without --source).
+        #[arg(long, env = "NORMGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Frames to measure: a folder, an image, an .mjpeg file, v4l2:/dev/videoN.
+        #[arg(long, conflicts_with = "decisions")]
+        source: Option<String>,
+        /// A decision log to read the norms from instead of running.
+        #[arg(long)]
+        decisions: Option<PathBuf>,
+        /// Only this camera's faces (of the log or the configuration).
+        #[arg(long)]
+        camera: Option<String>,
+        /// Share of the faces to drop, in [0, 1).
+        #[arg(long)]
+        drop_rate: f64,
+        /// Where to write the histogram.
+        #[arg(long, default_value = "norm-histogram.png")]
+        histogram: PathBuf,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a configuration file and print what it configures.
     CheckConfig {
         /// The TOML file.
@@ -182,6 +209,79 @@ fn run(file: Option<PathBuf>, overrides: Overrides, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn calibrate(
+    file: Option<PathBuf>,
+    source: Option<String>,
+    decisions: Option<PathBuf>,
+    camera: Option<String>,
+    drop_rate: f64,
+    histogram: &Path,
+    json: bool,
+) -> Result<()> {
+    let text = match decisions {
+        Some(log) => std::fs::read_to_string(&log).with_context(|| format!("cannot read {}", log.display()))?,
+        None => measure_norms(file.as_deref(), source)?,
+    };
+    let norms = calibrate::norms_from_log(&text, camera.as_deref())?;
+    let c = calibrate::calibrate(&norms, drop_rate)?;
+    calibrate::draw(&c, histogram)?;
+    if json {
+        let mut v = serde_json::to_value(&c)?;
+        v["histogram"] = histogram.display().to_string().into();
+        println!("{v}");
+    } else {
+        println!(
+            "{} faces judged by norm (norms {:.2} to {:.2}); dropping {:.1} % of them: threshold {:.3} ({} below it)",
+            c.faces,
+            c.range[0],
+            c.range[1],
+            100.0 * c.drop_rate,
+            c.threshold,
+            c.dropped
+        );
+        println!("histogram: {}", histogram.display());
+        println!("configuration:\n{}", c.config);
+    }
+    Ok(())
+}
+
+/// Runs the gate over the source (or the configured cameras) with nothing
+/// passing, so that every face judged is embedded and logged but no crop is
+/// stored; the decision log's text.
+fn measure_norms(file: Option<&Path>, source: Option<String>) -> Result<String> {
+    let overrides = Overrides {
+        source,
+        ..Overrides::default()
+    };
+    let mut config = load_config(file, &overrides)?;
+    let scratch = std::env::temp_dir().join(format!("normgate-calibrate-{}", std::process::id()));
+    durable::ensure_dir(&scratch)?;
+    config.sink = SinkSection {
+        spool: scratch.join("spool"),
+        ..SinkSection::default()
+    };
+    config.log.decisions = scratch.join("decisions.jsonl");
+    config.metrics.listen = "off".into();
+    config.audit = None;
+    config.gate.policy = Some(PolicySection::Fixed { threshold: f32::MAX });
+    for camera in &mut config.cameras {
+        camera.gate = None;
+        camera.sink = None;
+    }
+    // Every face embedded: no track skips one.
+    config.tracking.policy = CapturePolicy::PerFrame;
+    for camera in &mut config.cameras {
+        if let Some(t) = &mut camera.tracking {
+            t.policy = CapturePolicy::PerFrame;
+        }
+    }
+    let ran = runner::run(&config, None);
+    let text = std::fs::read_to_string(&config.log.decisions);
+    std::fs::remove_dir_all(&scratch).with_context(|| format!("cannot remove {}", scratch.display()))?;
+    ran?;
+    Ok(text.unwrap_or_default())
 }
 
 fn embed(
@@ -351,6 +451,15 @@ fn main() -> ExitCode {
             json,
             images,
         } => embed(model, detector, refiner, aligned, json, images),
+        Command::Calibrate {
+            config,
+            source,
+            decisions,
+            camera,
+            drop_rate,
+            histogram,
+            json,
+        } => calibrate(config, source, decisions, camera, drop_rate, &histogram, json),
         Command::Models { json } => list_models(json),
         Command::CheckConfig { file, json } => check_config(file, json),
     };

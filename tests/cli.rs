@@ -271,3 +271,99 @@ fn check_config_reports_the_cameras_as_json() {
     assert_eq!(v["gate"]["policy"]["threshold"], 8.0);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn calibrate_prints_a_threshold_and_draws_the_histogram_on_the_samples() {
+    let dir = scratch("calibrate-samples");
+    let png = dir.join("h.png").display().to_string();
+    let out = normgate(
+        &[
+            "calibrate",
+            "--source",
+            "samples",
+            "--drop-rate",
+            "0.2",
+            "--histogram",
+            &png,
+        ],
+        None,
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The astronaut is the samples' one face.
+    assert!(text.starts_with("1 faces judged by norm"), "{text}");
+    assert!(text.contains("[gate.policy]\nkind = \"fixed\"\nthreshold = "), "{text}");
+    assert!(image::open(&png).is_ok());
+    let bad = normgate(&["calibrate", "--source", "samples", "--drop-rate", "1.5"], None);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--drop-rate 1.5"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The threshold calibrate prints drops the share asked for when the gate
+/// runs with it over the same faces, and a log of that run calibrates alike.
+#[test]
+fn calibrate_on_lfw_faces_gives_the_threshold_that_drops_the_share_asked_for() {
+    let lfw = common::shared().join("data/lfw");
+    if !lfw.is_dir() {
+        eprintln!("skipped: {} is not present", lfw.display());
+        return;
+    }
+    let dir = scratch("calibrate-lfw");
+    let frames = dir.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    let mut people: Vec<_> = std::fs::read_dir(&lfw).unwrap().map(|e| e.unwrap().path()).collect();
+    people.sort();
+    for person in people.iter().filter(|p| p.is_dir()).take(40) {
+        let mut images: Vec<_> = std::fs::read_dir(person).unwrap().map(|e| e.unwrap().path()).collect();
+        images.sort();
+        std::fs::copy(&images[0], frames.join(images[0].file_name().unwrap())).unwrap();
+    }
+    let source = frames.display().to_string();
+    let png = dir.join("h.png").display().to_string();
+    let args = [
+        "calibrate",
+        "--source",
+        &source,
+        "--drop-rate",
+        "0.25",
+        "--histogram",
+        &png,
+        "--json",
+    ];
+    let c = json(&normgate(&args, None));
+    let faces = c["faces"].as_u64().unwrap();
+    let dropped = c["dropped"].as_u64().unwrap();
+    assert!(faces >= 35, "{c}");
+    assert_eq!(dropped, (faces as f64 * 0.25).round() as u64);
+
+    let config = dir.join("calibrated.toml");
+    let text = format!("{}[tracking]\npolicy = \"per_frame\"\n", c["config"].as_str().unwrap());
+    std::fs::write(&config, text).unwrap();
+    let config = config.display().to_string();
+    let mut args = run_args(&dir, &["--config", &config, "--source", &source]);
+    args.retain(|a| !a.contains("models/"));
+    args.retain(|a| a != "--detector" && a != "--embedder");
+    let v = json(&normgate(&strs(&args), None));
+    let camera = &v["cameras"][0];
+    assert_eq!(camera["dropped"]["low_norm"].as_u64().unwrap_or(0), dropped, "{v}");
+    assert_eq!(camera["passed"].as_u64().unwrap(), faces - dropped, "{v}");
+
+    let log = dir.join("decisions.jsonl").display().to_string();
+    let again = json(&normgate(
+        &[
+            "calibrate",
+            "--decisions",
+            &log,
+            "--drop-rate",
+            "0.25",
+            "--json",
+            "--histogram",
+            &png,
+        ],
+        None,
+    ));
+    assert_eq!(again["faces"], c["faces"]);
+    assert_eq!(again["threshold"], c["threshold"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
