@@ -99,7 +99,8 @@ pub fn calibrate(norms: &[f32], drop_rate: f64) -> Result<Calibration> {
     })
 }
 
-fn histogram(norms: &[f32], [low, high]: [f32; 2]) -> Vec<Bin> {
+/// `BINS` bars from `low` to `high` over `norms`.
+pub fn histogram(norms: &[f32], [low, high]: [f32; 2]) -> Vec<Bin> {
     let width = ((high - low) / BINS as f32).max(f32::EPSILON);
     let mut bins: Vec<Bin> = (0..BINS)
         .map(|i| Bin {

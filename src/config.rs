@@ -184,20 +184,43 @@ impl RetentionSection {
     }
 }
 
-/// `[metrics]`: the Prometheus endpoint.
+/// `[metrics]`: the Prometheus endpoint and the status page.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSection {
-    /// `host:port` to serve `/metrics` on, or `off`. Loopback by default:
-    /// expose it to a network only on purpose.
+    /// `host:port` to serve `/metrics` and the status page on, or `off`.
+    /// Loopback by default: expose it to a network only on purpose.
     pub listen: String,
+    /// File holding the bearer token that the status page and its API
+    /// (they show faces) need when `listen` is not a loopback address.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for MetricsSection {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9464".into(),
+            token_file: None,
         }
+    }
+}
+
+impl MetricsSection {
+    /// The status page's token, read from `token_file` (trimmed).
+    pub fn token(&self) -> Result<Option<String>> {
+        let Some(file) = &self.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("[metrics] token_file {}: cannot read it", file.display()))?;
+        let token = text.trim();
+        if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c == ';') {
+            bail!(
+                "[metrics] token_file {}: write one token (no spaces or ';') into it",
+                file.display()
+            );
+        }
+        Ok(Some(token.to_string()))
     }
 }
 

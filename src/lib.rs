@@ -36,10 +36,14 @@ pub mod durable;
 pub mod retention;
 pub mod sink;
 
-// Running it: configuration, the runner that wires cameras to sinks, metrics.
+// Running it: configuration, the runner that wires cameras to sinks,
+// metrics, and the HTTP endpoint with the status page and its data.
 pub mod config;
+pub mod http;
 pub mod metrics;
+pub mod page;
 pub mod runner;
+pub mod status;
 
 // Fuzzing entry points over the input parsers (`fuzz/`).
 pub mod fuzz;

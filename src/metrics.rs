@@ -1,15 +1,13 @@
-//! Prometheus metrics of a run, and the HTTP endpoint that serves them in
-//! the OpenMetrics text format. The same counters feed the run's summary, so
-//! the endpoint, the summary and the decision log can be checked against
-//! each other.
+//! Prometheus metrics of a run, rendered in the OpenMetrics text format
+//! (served by `http`). The same counters feed the run's summary, so the
+//! endpoint, the summary and the decision log can be checked against each
+//! other.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -351,82 +349,5 @@ impl Metrics {
     /// A per-camera counter's value.
     pub fn camera_count(family: &Family<CameraLabel, Counter>, camera: &str) -> u64 {
         family.get_or_create(&CameraLabel { camera: camera.into() }).get()
-    }
-}
-
-/// Serves `/metrics` on `addr` from a thread of its own; returns the bound address.
-pub fn serve(addr: &str, metrics: Arc<Metrics>) -> Result<SocketAddr> {
-    let server = tiny_http::Server::http(addr).map_err(|e| {
-        anyhow!("cannot serve metrics on {addr}: {e} (choose another address with [metrics] listen or --metrics, or \"off\")")
-    })?;
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| anyhow!("metrics address {addr} is not an IP socket"))?;
-    let content_type: tiny_http::Header = "Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8"
-        .parse()
-        .expect("a valid header");
-    std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        for request in server.incoming_requests() {
-            let response = if request.url() == "/metrics" {
-                tiny_http::Response::from_string(metrics.render()).with_header(content_type.clone())
-            } else {
-                tiny_http::Response::from_string("see /metrics\n").with_status_code(404)
-            };
-            if let Err(e) = request.respond(response) {
-                log::debug!("metrics response failed: {e}");
-            }
-        }
-    })?;
-    Ok(bound)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::{Read, Write};
-
-    #[test]
-    fn the_endpoint_serves_what_was_counted() {
-        let metrics = Arc::new(Metrics::default());
-        metrics
-            .frames
-            .get_or_create(&CameraLabel { camera: "door".into() })
-            .inc();
-        metrics
-            .dropped
-            .get_or_create(&DropLabel {
-                camera: "door".into(),
-                reason: "low_norm".into(),
-            })
-            .inc_by(3);
-        metrics.observe("embed", Duration::from_millis(3));
-        let addr = serve("127.0.0.1:0", metrics.clone()).unwrap();
-        let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        stream.read_to_string(&mut body).unwrap();
-        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-        assert!(body.contains("normgate_frames_total{camera=\"door\"} 1"), "{body}");
-        assert!(
-            body.contains("normgate_dropped_total{camera=\"door\",reason=\"low_norm\"} 3"),
-            "{body}"
-        );
-        assert!(
-            body.contains("normgate_stage_seconds_count{stage=\"embed\"} 1"),
-            "{body}"
-        );
-        assert_eq!(Metrics::camera_count(&metrics.frames, "door"), 1);
-        assert!((metrics.mean_stage_ms()["embed"] - 3.0).abs() < 1e-9);
-    }
-
-    #[test]
-    fn a_taken_address_is_a_clear_error() {
-        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = taken.local_addr().unwrap().to_string();
-        let err = serve(&addr, Arc::new(Metrics::default())).unwrap_err().to_string();
-        assert!(err.contains("--metrics"), "{err}");
     }
 }

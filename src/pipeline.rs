@@ -27,6 +27,7 @@ use crate::record::{content_key, now_rfc3339, Crop, DecisionLog, FaceRecord};
 use crate::sink::spool::Spool;
 use crate::sink::Sink;
 use crate::source::{Frame, Item};
+use crate::status::StatusBoard;
 use crate::tracking::{CameraTracks, Observed, Release};
 use crate::variant;
 
@@ -114,6 +115,8 @@ pub struct Shared {
     pub log: DecisionLog,
     /// The run's metrics.
     pub metrics: Arc<Metrics>,
+    /// What the status page shows.
+    pub board: Arc<StatusBoard>,
 }
 
 /// One camera's pipeline state.
@@ -450,8 +453,12 @@ impl CameraPipeline {
             match feed.next(Duration::from_millis(200)) {
                 Next::Item(Item::Frame(frame)) => {
                     self.shared.metrics.frames.get_or_create(&label).inc();
-                    if let Err(e) = self.process(&frame) {
-                        log::error!("{}: frame {} ({}): {e:#}", self.id, frame.index, frame.name);
+                    match self.process(&frame) {
+                        Ok(records) => {
+                            let threshold = self.gate.base_threshold();
+                            self.shared.board.observe(&self.id, &frame, &records, threshold);
+                        }
+                        Err(e) => log::error!("{}: frame {} ({}): {e:#}", self.id, frame.index, frame.name),
                     }
                 }
                 Next::Item(Item::Corrupt { index, name, error }) => {

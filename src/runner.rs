@@ -17,7 +17,8 @@ use serde::Serialize;
 use crate::config::{Config, SinkSection, DEFAULT_SOURCE};
 use crate::durable::sync_dir;
 use crate::feed::Feed;
-use crate::metrics::{self, Metrics};
+use crate::http::{self, Endpoint};
+use crate::metrics::Metrics;
 use crate::pipeline::{Audit, CameraPipeline, Models, Shared};
 use crate::record::DecisionLog;
 use crate::retention::{sweep_until, Store};
@@ -26,6 +27,7 @@ use crate::sink::spool::Spool;
 use crate::sink::upload::{Shutdown, Uploader};
 use crate::sink::Sink;
 use crate::source::SourceSpec;
+use crate::status::StatusBoard;
 use crate::tracking::CameraTracks;
 
 /// One camera's counts.
@@ -181,6 +183,7 @@ pub fn run(config: &Config, reload: Option<&dyn Fn() -> Result<Config>>) -> Resu
         },
         log: DecisionLog::open(&config.log.decisions)?,
         metrics: metrics.clone(),
+        board: Arc::new(StatusBoard::default()),
     });
     let mut sinks = Sinks {
         spools: HashMap::new(),
@@ -199,11 +202,18 @@ pub fn run(config: &Config, reload: Option<&dyn Fn() -> Result<Config>>) -> Resu
             sinks.open(config.sink_for(&camera))?,
             shared.clone(),
         )?;
+        shared.board.add_camera(&camera.id);
         cameras.push((pipeline, feed));
     }
     if config.metrics.listen != "off" {
-        let addr = metrics::serve(&config.metrics.listen, metrics.clone())?;
-        log::info!("metrics on http://{addr}/metrics");
+        let endpoint = Endpoint {
+            metrics: metrics.clone(),
+            board: shared.board.clone(),
+            cameras: cameras.iter().map(|(p, _)| p.id.clone()).collect(),
+            token: config.metrics.token()?,
+        };
+        let addr = http::serve(&config.metrics.listen, endpoint)?;
+        log::info!("status page on http://{addr}/, metrics on http://{addr}/metrics");
     }
     let signals = Signals::register()?;
 
@@ -375,7 +385,8 @@ fn spawn_retention(config: &Config, sinks: &Sinks, metrics: Arc<Metrics>) -> Res
     Ok(RetentionThread { stop, thread })
 }
 
-fn summarise(metrics: &Metrics, ids: &[String], interrupted: bool, seconds: f64) -> Summary {
+/// The run's counters as a summary (`seconds`: how long it has run).
+pub fn summarise(metrics: &Metrics, ids: &[String], interrupted: bool, seconds: f64) -> Summary {
     let count = |family, id: &str| Metrics::camera_count(family, id);
     let cameras = ids
         .iter()
