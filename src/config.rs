@@ -691,16 +691,53 @@ mod tests {
         assert_eq!(config.metrics.listen, "127.0.0.1:9464");
     }
 
-    /// The README's configuration reference parses, so it cannot drift from the types.
+    /// Dotted paths of every key of a TOML value (arrays of tables by their key).
+    fn key_paths(value: &toml::Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+        let tables: Vec<&toml::Table> = match value {
+            toml::Value::Table(t) => vec![t],
+            toml::Value::Array(items) => items.iter().filter_map(toml::Value::as_table).collect(),
+            _ => return,
+        };
+        for table in tables {
+            for (key, v) in table {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                key_paths(v, &path, out);
+                out.insert(path);
+            }
+        }
+    }
+
+    /// The README's configuration reference parses and names every key of
+    /// every section it shows, and every section, so it cannot drift from the types.
     #[test]
-    fn the_readme_configuration_example_is_valid() {
+    fn the_readme_configuration_reference_is_valid_and_complete() {
         let readme = include_str!("../README.md");
-        let section = readme.split("\n## Configuration\n").nth(1).unwrap();
+        let section = readme.split("\n## Configuration reference\n").nth(1).unwrap();
         let example = section.split("```toml\n").nth(1).unwrap().split("```").next().unwrap();
         let config = Config::parse(example).unwrap();
+        let mut written = std::collections::BTreeSet::new();
+        key_paths(&toml::from_str(example).unwrap(), "", &mut written);
+        let mut known = std::collections::BTreeSet::new();
+        key_paths(&toml::Value::try_from(&config).unwrap(), "", &mut known);
+        key_paths(&toml::Value::try_from(Config::default()).unwrap(), "", &mut known);
+        // A camera's overrides repeat the top-level sections' keys.
+        let missing: Vec<&String> = known
+            .difference(&written)
+            .filter(|k| {
+                !["camera.gate.", "camera.sink", "camera.tracking"]
+                    .iter()
+                    .any(|p| k.starts_with(p))
+            })
+            .collect();
+        assert!(missing.is_empty(), "README's configuration reference lacks {missing:?}");
         let upload = config.sink.upload.unwrap();
         assert_eq!(upload.tls().effective_trust(), Trust::File);
         assert_eq!(config.retention, RetentionSection::default());
+        assert_eq!(config.tracking, TrackingSection::default());
     }
 
     #[test]
