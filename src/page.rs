@@ -8,7 +8,7 @@
 
 use std::fmt::Write;
 
-use crate::calibrate::histogram;
+use crate::calibrate::{calibrate, histogram};
 use crate::http::Status;
 use crate::status::CameraStatus;
 
@@ -198,6 +198,17 @@ fn render_histogram(html: &mut String, norms: &[f32], threshold: Option<f32>) {
         "<text x='0' y='{}' font-size='12'>{low:.1}</text><text x='{W}' y='{}' font-size='12' text-anchor='end'>{high:.1}</text></svg>",
         H + 14.0,
         H + 14.0
+    );
+    // What `normgate calibrate` would suggest on these norms.
+    let suggestions: Vec<String> = [0.1, 0.2, 0.3]
+        .iter()
+        .filter_map(|&rate| calibrate(norms, rate).ok())
+        .map(|c| format!("{:.0} %: {:.2}", 100.0 * c.drop_rate, c.threshold))
+        .collect();
+    let _ = write!(
+        html,
+        "<div class=suggestions>Fixed threshold dropping {} of these faces</div>",
+        suggestions.join(" · ")
     );
 }
 

@@ -154,6 +154,7 @@ fn the_status_page_shows_a_live_runs_camera_with_a_passed_and_a_dropped_face() {
         "{html}"
     );
     assert!(html.contains("class='face small_face'"), "{html}");
+    assert!(html.contains("Fixed threshold dropping 10 %: "), "{html}");
 
     // The page as a browser renders it.
     match chromium() {
