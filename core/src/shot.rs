@@ -25,7 +25,7 @@ impl Default for ShotConfig {
     fn default() -> Self {
         Self {
             window_s: 10.0,
-            skip_margin: 2.0,
+            skip_margin: 1.0,
             embed_every: 5,
             regrow: 1.25,
         }
