@@ -63,7 +63,9 @@ pub fn serve(addr: &str, endpoint: Endpoint) -> Result<SocketAddr> {
     let started = Instant::now();
     std::thread::Builder::new().name("http".into()).spawn(move || {
         for request in server.incoming_requests() {
-            let response = route(&endpoint, &request, private, started);
+            // One request per connection: a browser's idle keep-alive
+            // connections then never wait on this single-threaded server.
+            let response = route(&endpoint, &request, private, started).with_header(header("Connection: close"));
             if let Err(e) = request.respond(response) {
                 log::debug!("http response failed: {e}");
             }
