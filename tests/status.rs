@@ -208,13 +208,32 @@ fn chromium() -> Option<PathBuf> {
         })
 }
 
-/// Runs the browser headless on `args`; its stdout.
+/// Runs the browser headless on `args`; its stdout. A browser still busy
+/// after a minute is killed and fails the test rather than hanging the run.
 fn browse(browser: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(browser)
+    let mut child = std::process::Command::new(browser)
         .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])
         .args(args)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
         .expect("the browser starts");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).to_string()
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        stdout.read_to_string(&mut text).map(|_| text)
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the browser did not finish {args:?} in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "the browser failed on {args:?}");
+    reader.join().unwrap().unwrap()
 }
