@@ -212,8 +212,17 @@ fn chromium() -> Option<PathBuf> {
 /// after a minute is killed and fails the test rather than hanging the run.
 fn browse(browser: &Path, args: &[&str]) -> String {
     let mut child = std::process::Command::new(browser)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])
+        // `--timeout`: stop loading after 10 s and render what is there
+        // (a subresource was seen to stall a load for minutes, cause not yet found).
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--timeout=10000",
+        ])
         .args(args)
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
