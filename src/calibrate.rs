@@ -47,6 +47,17 @@ pub struct Calibration {
 /// Bars of the histogram.
 const BINS: usize = 40;
 
+/// Whether the gate judged this face by its norm: embedded, not dropped for
+/// its size or detector score, and not a track's sent crop (which repeats a
+/// face already logged).
+pub fn judged(record: &FaceRecord) -> bool {
+    let judged = !matches!(
+        record.reason.as_str(),
+        "best_of_track" | "small_face" | "low_detector_score"
+    );
+    judged && record.norm > 0.0 && record.norm.is_finite()
+}
+
 /// The norms the gate judged in a decision log (`camera`: only that camera's).
 pub fn norms_from_log(text: &str, camera: Option<&str>) -> Result<Vec<f32>> {
     let mut norms = Vec::new();
@@ -56,12 +67,7 @@ pub fn norms_from_log(text: &str, camera: Option<&str>) -> Result<Vec<f32>> {
         if camera.is_some_and(|c| c != record.camera) {
             continue;
         }
-        // A track's sent crop repeats a face already logged; unembedded faces have no norm.
-        let judged = !matches!(
-            record.reason.as_str(),
-            "best_of_track" | "small_face" | "low_detector_score"
-        );
-        if judged && record.norm > 0.0 && record.norm.is_finite() {
+        if judged(&record) {
             norms.push(record.norm);
         }
     }
@@ -72,14 +78,20 @@ pub fn norms_from_log(text: &str, camera: Option<&str>) -> Result<Vec<f32>> {
 /// the highest norm dropped and the lowest kept, so that exactly
 /// `round(drop_rate * faces)` are below it.
 pub fn calibrate(norms: &[f32], drop_rate: f64) -> Result<Calibration> {
+    let mut sorted = norms.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    calibrate_sorted(&sorted, drop_rate)
+}
+
+/// [`calibrate`] on norms already sorted ascending (the status page asks
+/// for several drop rates of one set).
+pub fn calibrate_sorted(sorted: &[f32], drop_rate: f64) -> Result<Calibration> {
     if !(0.0..1.0).contains(&drop_rate) {
         bail!("--drop-rate {drop_rate}: give a share in [0, 1), e.g. 0.2 to drop a fifth of the faces");
     }
-    if norms.is_empty() {
+    if sorted.is_empty() {
         bail!("no face was judged by its norm: point --source at frames with faces, or --decisions at a log of a run that saw some");
     }
-    let mut sorted = norms.to_vec();
-    sorted.sort_by(f32::total_cmp);
     let n = sorted.len();
     let dropped = ((drop_rate * n as f64).round() as usize).min(n - 1);
     let threshold = if dropped == 0 {
@@ -94,13 +106,13 @@ pub fn calibrate(norms: &[f32], drop_rate: f64) -> Result<Calibration> {
         threshold,
         dropped: sorted.iter().filter(|&&x| x < threshold).count(),
         range,
-        bins: histogram(&sorted, range),
+        bins: histogram(sorted, range),
         config: format!("[gate.policy]\nkind = \"fixed\"\nthreshold = {threshold:.3}\n"),
     })
 }
 
 /// `BINS` bars from `low` to `high` over `norms`.
-pub fn histogram(norms: &[f32], [low, high]: [f32; 2]) -> Vec<Bin> {
+fn histogram(norms: &[f32], [low, high]: [f32; 2]) -> Vec<Bin> {
     let width = ((high - low) / BINS as f32).max(f32::EPSILON);
     let mut bins: Vec<Bin> = (0..BINS)
         .map(|i| Bin {

@@ -8,7 +8,7 @@
 
 use std::fmt::Write;
 
-use crate::calibrate::{calibrate, histogram};
+use crate::calibrate::{calibrate_sorted, Calibration};
 use crate::http::Status;
 use crate::status::CameraStatus;
 
@@ -166,8 +166,15 @@ fn render_histogram(html: &mut String, norms: &[f32], threshold: Option<f32>) {
     }
     let mut sorted = norms.to_vec();
     sorted.sort_by(f32::total_cmp);
-    let (low, high) = (sorted[0], sorted[sorted.len() - 1]);
-    let bins = histogram(&sorted, [low, high]);
+    // What `normgate calibrate` would suggest on these norms; its histogram is the one drawn.
+    let suggestions: Vec<Calibration> = [0.1, 0.2, 0.3]
+        .iter()
+        .filter_map(|&rate| calibrate_sorted(&sorted, rate).ok())
+        .collect();
+    let Some(first) = suggestions.first() else {
+        return;
+    };
+    let ([low, high], bins) = (first.range, &first.bins);
     let tallest = bins.iter().map(|b| b.faces).max().unwrap_or(1).max(1) as f32;
     let bar = W / bins.len() as f32;
     let _ = write!(html, "<svg class=histogram width='{W}' height='{}'>", H + 16.0);
@@ -199,10 +206,8 @@ fn render_histogram(html: &mut String, norms: &[f32], threshold: Option<f32>) {
         H + 14.0,
         H + 14.0
     );
-    // What `normgate calibrate` would suggest on these norms.
-    let suggestions: Vec<String> = [0.1, 0.2, 0.3]
+    let suggestions: Vec<String> = suggestions
         .iter()
-        .filter_map(|&rate| calibrate(norms, rate).ok())
         .map(|c| format!("{:.0} %: {:.2}", 100.0 * c.drop_rate, c.threshold))
         .collect();
     let _ = write!(

@@ -86,20 +86,21 @@ pub struct Audit {
     pub sample_rate: f32,
 }
 
-/// The square region around a face that its crop shows, inside the frame: `[x, y, w, h]`.
-pub fn crop_region(face: &Face, width: u32, height: u32) -> [u32; 4] {
-    let [x1, y1, x2, y2] = face.bbox;
-    let side = ((x2 - x1).max(y2 - y1) * CROP_SCALE)
-        .min(width.min(height) as f32)
-        .max(1.0);
+/// The square region around a face box, `scale` times its longer side,
+/// shifted (not cut) to lie inside the frame: `[x, y, w, h]`. Crops are
+/// cut at [`CROP_SCALE`], the status page's thumbnails at 1.
+pub fn crop_region(bbox: &[f32; 4], scale: f32, width: u32, height: u32) -> [u32; 4] {
+    let [x1, y1, x2, y2] = *bbox;
+    let side = ((x2 - x1).max(y2 - y1) * scale).min(width.min(height) as f32).max(1.0);
     let x = ((x1 + x2 - side) / 2.0).clamp(0.0, width as f32 - side);
     let y = ((y1 + y2 - side) / 2.0).clamp(0.0, height as f32 - side);
     [x as u32, y as u32, side as u32, side as u32]
 }
 
-fn jpeg(image: &RgbImage) -> Result<Vec<u8>> {
+/// The image as a JPEG of `quality`.
+pub fn jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY).encode_image(image)?;
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality).encode_image(image)?;
     Ok(out)
 }
 
@@ -394,9 +395,12 @@ impl CameraPipeline {
                 None => decision.pass || keep_for_audit,
             };
             let crop = if cut {
-                let region = crop_region(face, frame.image.width(), frame.image.height());
+                let region = crop_region(&face.bbox, CROP_SCALE, frame.image.width(), frame.image.height());
                 let [x, y, w, h] = region;
-                let bytes = jpeg(&image::imageops::crop_imm(&frame.image, x, y, w, h).to_image())?;
+                let bytes = jpeg(
+                    &image::imageops::crop_imm(&frame.image, x, y, w, h).to_image(),
+                    JPEG_QUALITY,
+                )?;
                 record.key = Some(content_key(&bytes));
                 record.crop_region = Some(region);
                 Some(Crop {
@@ -509,25 +513,20 @@ pub fn load_embedder(model: &Path, batch: usize) -> Result<Embedder> {
 mod tests {
     use super::*;
 
-    fn face(bbox: [f32; 4]) -> Face {
-        Face {
-            bbox,
-            score: 0.9,
-            landmarks: [[0.0; 2]; 5],
-        }
-    }
-
     #[test]
     fn crop_regions_are_squares_inside_the_frame() {
         assert_eq!(
-            crop_region(&face([100.0, 100.0, 140.0, 160.0]), 640, 480),
+            crop_region(&[100.0, 100.0, 140.0, 160.0], CROP_SCALE, 640, 480),
             [75, 85, 90, 90]
         );
         // Near a corner the square is shifted in, not cut.
-        assert_eq!(crop_region(&face([0.0, 0.0, 40.0, 40.0]), 640, 480), [0, 0, 60, 60]);
+        assert_eq!(
+            crop_region(&[0.0, 0.0, 40.0, 40.0], CROP_SCALE, 640, 480),
+            [0, 0, 60, 60]
+        );
         // Larger than the frame: as large as the frame allows.
         assert_eq!(
-            crop_region(&face([0.0, 0.0, 600.0, 470.0]), 640, 480),
+            crop_region(&[0.0, 0.0, 600.0, 470.0], CROP_SCALE, 640, 480),
             [60, 0, 480, 480]
         );
     }

@@ -205,11 +205,12 @@ pub fn run(config: &Config, reload: Option<&dyn Fn() -> Result<Config>>) -> Resu
         shared.board.add_camera(&camera.id);
         cameras.push((pipeline, feed));
     }
+    let ids: Vec<String> = cameras.iter().map(|(p, _)| p.id.clone()).collect();
     if config.metrics.listen != "off" {
         let endpoint = Endpoint {
             metrics: metrics.clone(),
             board: shared.board.clone(),
-            cameras: cameras.iter().map(|(p, _)| p.id.clone()).collect(),
+            cameras: ids.clone(),
             token: config.metrics.token()?,
         };
         let addr = http::serve(&config.metrics.listen, endpoint)?;
@@ -236,7 +237,6 @@ pub fn run(config: &Config, reload: Option<&dyn Fn() -> Result<Config>>) -> Resu
         })
         .collect::<Result<_>>()?;
 
-    let ids: Vec<String> = cameras.iter().map(|(p, _)| p.id.clone()).collect();
     let mut pending: Vec<(String, Arc<Mutex<Option<GateConfig>>>)> = Vec::new();
     let mut workers = Vec::new();
     for (pipeline, feed) in cameras {

@@ -5,6 +5,7 @@
 //! norms judged lately. The camera threads write it, the HTTP thread reads it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,8 @@ use image::imageops::FilterType;
 use image::RgbImage;
 use serde::Serialize;
 
+use crate::calibrate::judged;
+use crate::pipeline::{crop_region, jpeg};
 use crate::record::FaceRecord;
 use crate::source::Frame;
 
@@ -119,7 +122,7 @@ pub struct CameraStatus {
 #[derive(Debug)]
 pub struct StatusBoard {
     started: Instant,
-    next_crop: Mutex<u64>,
+    next_crop: AtomicU64,
     cameras: Mutex<BTreeMap<String, CameraView>>,
 }
 
@@ -127,7 +130,7 @@ impl Default for StatusBoard {
     fn default() -> Self {
         Self {
             started: Instant::now(),
-            next_crop: Mutex::new(1),
+            next_crop: AtomicU64::new(1),
             cameras: Mutex::default(),
         }
     }
@@ -183,7 +186,7 @@ impl StatusBoard {
                     track: r.track,
                 })
                 .collect(),
-            jpeg: encode(&frame.image, 80).unwrap_or_default(),
+            jpeg: jpeg(&frame.image, 80).unwrap_or_default(),
         });
 
         let mut cameras = self.cameras.lock().unwrap();
@@ -210,10 +213,9 @@ impl StatusBoard {
             }
             view.held.insert(track, jpeg);
         }
-        let mut next = self.next_crop.lock().unwrap();
         let mut add = |r: &FaceRecord, jpeg: Vec<u8>| {
             let crop = CropView {
-                id: *next,
+                id: self.next_crop.fetch_add(1, Ordering::Relaxed),
                 time: r.time.clone(),
                 frame: r.frame,
                 norm: r.norm,
@@ -223,11 +225,7 @@ impl StatusBoard {
                 track: r.track,
                 jpeg,
             };
-            *next += 1;
-            if view.crops.len() == RECENT_CROPS {
-                view.crops.pop_front();
-            }
-            view.crops.push_back(crop);
+            push_bounded(&mut view.crops, crop, RECENT_CROPS);
         };
         for (r, jpeg) in crops {
             add(r, jpeg);
@@ -282,11 +280,6 @@ impl StatusBoard {
     }
 }
 
-/// Whether the gate judged this face by its norm.
-fn judged(r: &FaceRecord) -> bool {
-    r.norm > 0.0 && r.norm.is_finite() && r.reason != "best_of_track"
-}
-
 fn push_bounded<T>(ring: &mut VecDeque<T>, item: T, cap: usize) {
     if ring.len() == cap {
         ring.pop_front();
@@ -294,28 +287,13 @@ fn push_bounded<T>(ring: &mut VecDeque<T>, item: T, cap: usize) {
     ring.push_back(item);
 }
 
-/// The face's box, squared and clipped, as a small JPEG.
+/// The face's square (shifted inside the frame, as the uploaded crop's
+/// is), as a small JPEG.
 fn thumbnail(image: &RgbImage, bbox: &[f32; 4]) -> Option<Vec<u8>> {
-    let side = (bbox[2] - bbox[0]).max(bbox[3] - bbox[1]);
-    let (cx, cy) = ((bbox[0] + bbox[2]) / 2.0, (bbox[1] + bbox[3]) / 2.0);
-    let x0 = (cx - side / 2.0).max(0.0) as u32;
-    let y0 = (cy - side / 2.0).max(0.0) as u32;
-    let x1 = ((cx + side / 2.0) as u32).min(image.width());
-    let y1 = ((cy + side / 2.0) as u32).min(image.height());
-    if x1 <= x0 || y1 <= y0 {
-        return None;
-    }
-    let crop = image::imageops::crop_imm(image, x0, y0, x1 - x0, y1 - y0).to_image();
+    let [x, y, w, h] = crop_region(bbox, 1.0, image.width(), image.height());
+    let crop = image::imageops::crop_imm(image, x, y, w, h).to_image();
     let small = image::imageops::resize(&crop, THUMBNAIL, THUMBNAIL, FilterType::Triangle);
-    encode(&small, 85)
-}
-
-fn encode(image: &RgbImage, quality: u8) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
-        .encode_image(image)
-        .ok()?;
-    Some(out)
+    jpeg(&small, 85).ok()
 }
 
 #[cfg(test)]

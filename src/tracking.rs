@@ -147,7 +147,6 @@ pub struct CameraTracks {
     tracker: Tracker,
     held: HashMap<u64, Held>,
     shot: ShotConfig,
-    confirm_hits: u32,
     seconds_per_frame: f64,
     started: usize,
 }
@@ -163,7 +162,6 @@ impl CameraTracks {
             tracker: Tracker::new(section.tracker())?,
             held: HashMap::new(),
             shot: section.shot(),
-            confirm_hits: section.confirm_hits,
             seconds_per_frame: 1.0 / f64::from(fps.max(1)),
             started: 0,
         }))
@@ -301,7 +299,7 @@ impl CameraTracks {
 
     /// Frames a track must be seen in before its crop is sent.
     pub fn confirm_hits(&self) -> u32 {
-        self.confirm_hits
+        self.tracker.config().confirm_hits
     }
 
     /// Seconds a track of these frames lasted.

@@ -222,6 +222,11 @@ impl Tracker {
         })
     }
 
+    /// How it forms and ends tracks.
+    pub fn config(&self) -> &TrackerConfig {
+        &self.config
+    }
+
     /// The open tracks.
     pub fn tracks(&self) -> &[Track] {
         &self.tracks

@@ -239,18 +239,11 @@ fn galleries(truth: &Truth, cache: &Cache) -> Result<Vec<Vec<f32>>> {
         .collect()
 }
 
+/// How many of the crops verify against their person's gallery at `threshold`.
 fn worth(features: &[Vec<f32>], people: &[usize], galleries: &[Vec<f32>], threshold: f64) -> Worth {
-    let cosines: Vec<f64> = features
-        .iter()
-        .zip(people)
-        .map(|(f, &p)| f64::from(cosine(f, &galleries[p])))
-        .collect();
-    let n = cosines.len().max(1) as f64;
-    Worth {
-        crops: cosines.len(),
-        verified: cosines.iter().filter(|&&c| c >= threshold).count() as f64 / n,
-        mean_cosine: cosines.iter().sum::<f64>() / n,
-    }
+    // Each crop its own group: the expectation over one crop is the crop.
+    let own: Vec<usize> = (0..features.len()).collect();
+    expected_worth(features, people, &own, galleries, threshold)
 }
 
 /// [`worth`] of one frame drawn at random from each group (`owners`: the
