@@ -265,17 +265,19 @@ fn measure_norms(file: Option<&Path>, source: Option<String>) -> Result<String> 
     config.log.decisions = scratch.join("decisions.jsonl");
     config.metrics.listen = "off".into();
     config.audit = None;
-    config.gate.policy = Some(PolicySection::Fixed { threshold: f32::MAX });
-    for camera in &mut config.cameras {
-        camera.gate = None;
-        camera.sink = None;
-    }
-    // Every face embedded: no track skips one.
+    // Nothing passes, and every face is embedded (no track skips one); a
+    // camera keeps its own size and detector-score limits.
+    let nothing_passes = Some(PolicySection::Fixed { threshold: f32::MAX });
+    config.gate.policy = nothing_passes;
     config.tracking.policy = CapturePolicy::PerFrame;
     for camera in &mut config.cameras {
+        if let Some(gate) = &mut camera.gate {
+            gate.policy = nothing_passes;
+        }
         if let Some(t) = &mut camera.tracking {
             t.policy = CapturePolicy::PerFrame;
         }
+        camera.sink = None;
     }
     let ran = runner::run(&config, None);
     let text = std::fs::read_to_string(&config.log.decisions);

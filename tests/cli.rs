@@ -294,6 +294,28 @@ fn calibrate_prints_a_threshold_and_draws_the_histogram_on_the_samples() {
     assert!(text.starts_with("1 faces judged by norm"), "{text}");
     assert!(text.contains("[gate.policy]\nkind = \"fixed\"\nthreshold = "), "{text}");
     assert!(image::open(&png).is_ok());
+    // A camera's own gate limits hold while calibrating: the astronaut is too small for this one.
+    let strict = dir.join("strict.toml");
+    let camera = format!(
+        "[[camera]]\nid = \"door\"\nsource = \"{}\"\n[camera.gate]\nmin_face_px = 10000.0\n",
+        root().join("samples").display()
+    );
+    std::fs::write(&strict, camera).unwrap();
+    let strict = strict.display().to_string();
+    let none = normgate(
+        &[
+            "calibrate",
+            "--config",
+            &strict,
+            "--drop-rate",
+            "0.2",
+            "--histogram",
+            &png,
+        ],
+        None,
+    );
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no face was judged"));
     let bad = normgate(&["calibrate", "--source", "samples", "--drop-rate", "1.5"], None);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--drop-rate 1.5"));
